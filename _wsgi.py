@@ -1,0 +1,63 @@
+"""WSGI entry point: `gunicorn _wsgi:app`, or `python _wsgi.py --port 9090` (as `label-studio-ml start .` runs it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from backend.interactive import get_segmentation
+from backend.protocol import create_app
+from backend.settings import get_settings
+from model import SamBackend
+
+logging.basicConfig(
+    level=get_settings().log_level.upper(),
+    format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s",
+)
+
+
+def _health() -> dict:
+    service = get_segmentation()
+    return {"engine": service.engine.status(), "cache": service.cache.stats()}
+
+
+def _metrics() -> dict:
+    service = get_segmentation()
+    return {"engine": service.engine.status(), "cache": service.cache.stats(), **service.counters.snapshot()}
+
+
+app = create_app(SamBackend, health_extra=_health, metrics_extra=_metrics)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Segment Anything ML backend for Label Studio")
+    parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("PORT", 9090)))
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    parser.add_argument("--kwargs", "--with", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings as KEY=VALUE (e.g. sam_engine=vit_b); same names as the environment")
+    parser.add_argument("-d", "--debug", action="store_true")
+    parser.add_argument("--log-level", default=None)
+    parser.add_argument("--basic-auth-user", default=None)
+    parser.add_argument("--basic-auth-pass", default=None)
+    parser.add_argument("--check", action="store_true", help="load the engine, report, and exit")
+    args = parser.parse_args()
+
+    for pair in args.kwargs:
+        key, _, value = pair.partition("=")
+        os.environ[key.upper()] = value
+    for key, value in (("LOG_LEVEL", args.log_level), ("BASIC_AUTH_USER", args.basic_auth_user),
+                       ("BASIC_AUTH_PASS", args.basic_auth_pass)):
+        if value is not None:
+            os.environ[key] = value
+    get_settings.cache_clear()
+    logging.getLogger().setLevel(get_settings().log_level.upper())
+    if args.check:
+        get_segmentation().engine.get()
+        print(_health())
+        return
+    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)
+
+
+if __name__ == "__main__":
+    main()

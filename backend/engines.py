@@ -1,0 +1,219 @@
+"""Engine registry: SAM architectures by name, official checkpoint loading, and the weight-free fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from . import compat
+from .errors import ModelUnavailableError
+from .segmenter import Segmenter
+from .settings import OFFICIAL_CHECKPOINTS, Settings
+
+compat.install()
+
+from segment_anything.build_sam import _build_sam  # noqa: E402
+from segment_anything.modeling import Sam  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ViTArch:
+    """SAM's ViT image encoder sizes (segment_anything.build_sam)."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+
+    def build(self) -> Sam:
+        return _build_sam(
+            encoder_embed_dim=self.encoder_embed_dim,
+            encoder_depth=self.encoder_depth,
+            encoder_num_heads=self.encoder_num_heads,
+            encoder_global_attn_indexes=list(self.encoder_global_attn_indexes),
+        )
+
+
+@dataclass(frozen=True)
+class TinyViTArch:
+    """MobileSAM's TinyViT image encoder sizes (mobile_sam.build_sam.build_sam_vit_t)."""
+
+    embed_dims: tuple[int, ...] = (64, 128, 160, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (2, 4, 5, 10)
+    window_sizes: tuple[int, ...] = (7, 7, 14, 7)
+
+    def build(self) -> Sam:
+        from mobile_sam.modeling import MaskDecoder, PromptEncoder, TinyViT, TwoWayTransformer
+        from mobile_sam.modeling import Sam as MobileSam
+
+        model = MobileSam(
+            image_encoder=TinyViT(
+                img_size=1024, in_chans=3, num_classes=1000, embed_dims=list(self.embed_dims),
+                depths=list(self.depths), num_heads=list(self.num_heads), window_sizes=list(self.window_sizes),
+                mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0, use_checkpoint=False,
+                mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8,
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16
+            ),
+            mask_decoder=MaskDecoder(
+                num_multimask_outputs=3,
+                transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+                transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+            ),
+            pixel_mean=[123.675, 116.28, 103.53],
+            pixel_std=[58.395, 57.12, 57.375],
+        )
+        return model.eval()
+
+
+SAM_ARCHITECTURES: dict[str, ViTArch | TinyViTArch] = {
+    "vit_h": ViTArch(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": ViTArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": ViTArch(768, 12, 12, (2, 5, 8, 11)),
+    "vit_t": TinyViTArch(),
+}
+ENGINES = (*SAM_ARCHITECTURES, "grabcut")
+
+
+def sam_architecture(engine: str, overrides: dict | None = None) -> ViTArch | TinyViTArch:
+    """The architecture of `engine`, with sizes replaced by `overrides` (lists become tuples)."""
+    if engine not in SAM_ARCHITECTURES:
+        raise ModelUnavailableError(f"unknown SAM_ENGINE {engine!r}; choose one of {list(ENGINES)}", "settings")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}
+    try:
+        return replace(SAM_ARCHITECTURES[engine], **overrides)
+    except TypeError as exc:
+        raise ModelUnavailableError(f"SAM_ARCH_OVERRIDES does not fit {engine}: {exc}", "settings")
+
+
+def build_sam(engine: str, overrides: dict | None = None) -> Sam:
+    """A randomly initialised SAM of the named architecture (the checkpoint is loaded separately)."""
+    return sam_architecture(engine, overrides).build()
+
+
+def missing_checkpoint_message(settings: Settings) -> str:
+    url = settings.checkpoint_url or OFFICIAL_CHECKPOINTS.get(settings.sam_engine, "")
+    return (
+        f"SAM checkpoint for SAM_ENGINE={settings.sam_engine} not found at {settings.checkpoint_path}. "
+        f"Download {url} and set SAM_CHECKPOINT to its path (or SAM_DOWNLOAD=true where the network allows), "
+        "or set SAM_ENGINE=grabcut to run without weights."
+    )
+
+
+def download_checkpoint(url: str, target: Path, timeout: float = 60.0) -> None:
+    """Download `url` to `target` atomically (a partial file never takes the target's name)."""
+    import requests
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading SAM checkpoint %s -> %s", url, target)
+    with requests.get(url, stream=True, timeout=timeout) as response:
+        response.raise_for_status()
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as part:
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                part.write(chunk)
+    os.replace(part.name, target)
+
+
+def load_state_dict(path: Path) -> dict:
+    """Read an official SAM / MobileSAM checkpoint (a plain state dict; {'model': ...} wrappers accepted)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelUnavailableError(f"{path} is not a readable PyTorch checkpoint: {exc}", "SAM_CHECKPOINT")
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelUnavailableError(f"{path} holds a {type(state).__name__}, not a state dict", "SAM_CHECKPOINT")
+    return state
+
+
+def load_sam(settings: Settings) -> Sam:
+    """Build the configured architecture and load its checkpoint (downloading it first if allowed)."""
+    path = settings.checkpoint_path
+    if not path.is_file() and settings.sam_download and settings.checkpoint_url:
+        try:
+            download_checkpoint(settings.checkpoint_url, path)
+        except Exception as exc:
+            message = f"{missing_checkpoint_message(settings)} Download failed: {exc}"
+            raise ModelUnavailableError(message, "SAM_CHECKPOINT")
+    if not path.is_file():
+        raise ModelUnavailableError(missing_checkpoint_message(settings), "SAM_CHECKPOINT")
+    model = build_sam(settings.sam_engine, settings.arch_overrides)
+    try:
+        model.load_state_dict(load_state_dict(path), strict=True)
+    except RuntimeError as exc:
+        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])[:600]
+        raise ModelUnavailableError(
+            f"{path} does not fit SAM_ENGINE={settings.sam_engine} ({details}). "
+            "Is SAM_ENGINE the checkpoint's architecture?",
+            "SAM_CHECKPOINT",
+        )
+    return model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_segmenter(settings: Settings) -> Segmenter:
+    """The configured engine, ready to embed and decode."""
+    if settings.sam_engine == "grabcut":
+        from .grabcut_engine import GrabCutSegmenter
+
+        return GrabCutSegmenter()
+    from .sam_engine import SamSegmenter
+
+    return SamSegmenter(load_sam(settings), settings.sam_engine, resolve_device(settings.device))
+
+
+class SegmenterHolder:
+    """Loads the engine once per process, on first use; a failure is remembered and retried after a pause."""
+
+    retry_after = 30.0  # seconds before a failed load (e.g. a download) is tried again
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._segmenter: Segmenter | None = None
+        self._error: ModelUnavailableError | None = None
+        self._failed_at = 0.0
+        self._lock = threading.Lock()
+
+    def get(self) -> Segmenter:
+        if self._segmenter is not None:
+            return self._segmenter
+        with self._lock:
+            if self._segmenter is None:
+                if self._error is not None and time.monotonic() - self._failed_at < self.retry_after:
+                    raise self._error
+                try:
+                    self._segmenter = load_segmenter(self.settings)
+                    self._error = None
+                except ModelUnavailableError as exc:
+                    self._error, self._failed_at = exc, time.monotonic()
+                    raise
+        return self._segmenter
+
+    def status(self) -> dict:
+        """For /health: loaded, or what is missing."""
+        if self._segmenter is not None:
+            return {"engine": self.settings.sam_engine, "loaded": True, "fingerprint": self._segmenter.fingerprint}
+        problem = None
+        if self._error is not None:
+            problem = str(self._error)
+        elif self.settings.sam_engine != "grabcut" and not self.settings.checkpoint_path.is_file():
+            problem = missing_checkpoint_message(self.settings)
+        return {"engine": self.settings.sam_engine, "loaded": False, "problem": problem}

@@ -1,0 +1,32 @@
+"""Errors that reach the annotator: each says what went wrong and where."""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Base class. `status` is the HTTP status the protocol answers with."""
+
+    status = 500
+
+    def __init__(self, message: str, where: str | None = None):
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class InputError(BackendError):
+    """The request itself is wrong: malformed context, unknown label, coordinates outside the image."""
+
+    status = 400
+
+
+class ImageError(BackendError):
+    """The task's image cannot be read: unreachable, broken, empty."""
+
+    status = 422
+
+
+class ModelUnavailableError(BackendError):
+    """The configured model cannot be loaded (missing checkpoint, wrong file)."""
+
+    status = 503

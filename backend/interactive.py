@@ -1,0 +1,134 @@
+"""One interactive request: task + context in, Label Studio prediction out. Shared by /predict and evaluation."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .embedding_cache import EmbeddingCache, cache_key, make_cache
+from .engines import SegmenterHolder
+from .errors import InputError
+from .images import TaskImage, read_task_image
+from .label_config import LabelConfig
+from .mask_encoding import mask_results
+from .prompts import ContextPrompt, Prompt, parse_context
+from .segmenter import Embedding, MaskResult
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """Process counters for /metrics."""
+
+    counts: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, name: str, seconds: float | None = None) -> None:
+        with self.lock:
+            self.counts[name] += 1
+            if seconds is not None:
+                self.seconds[name] += seconds
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"counts": dict(self.counts), "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
+
+
+def task_image_url(task: object, config: LabelConfig) -> tuple[str, int | None]:
+    """The image URL of a task; InputError naming the task when the field is missing."""
+    if not isinstance(task, dict):
+        raise InputError(f"a task must be an object, got {type(task).__name__}", "tasks")
+    task_id = task.get("id")
+    data = task.get("data")
+    if not isinstance(data, dict) or config.image_key not in data:
+        raise InputError(f"task data has no field '{config.image_key}' (the <Image> value)", f"task {task_id}")
+    return data[config.image_key], task_id
+
+
+class InteractiveSegmentation:
+    """Embeds each image once (cache), decodes every prompt, encodes the mask as the config asks."""
+
+    def __init__(self, settings: Settings, cache: EmbeddingCache | None = None):
+        self.settings = settings
+        self.engine = SegmenterHolder(settings)
+        self.cache = cache if cache is not None else make_cache(settings)
+        self.counters = Counters()
+        self._inflight: dict[str, threading.Lock] = {}
+        self._inflight_lock = threading.Lock()
+
+    def embedding(self, image: TaskImage) -> Embedding:
+        """The image's embedding: from the cache, else encoded once (concurrent requests wait for it)."""
+        segmenter = self.engine.get()
+        key = cache_key(segmenter.fingerprint, image.key)
+        embedding = self.cache.get(key)
+        if embedding is not None:
+            return embedding
+        with self._inflight_lock:
+            lock = self._inflight.setdefault(key, threading.Lock())
+        with lock:
+            embedding = self.cache.get(key)
+            if embedding is None:
+                pixels = image.decode(self.settings.max_image_pixels)
+                started = time.perf_counter()
+                embedding = segmenter.embed(pixels)
+                self.counters.add("encoder_runs", time.perf_counter() - started)
+                self.cache.put(key, embedding)
+        with self._inflight_lock:
+            self._inflight.pop(key, None)
+        return embedding
+
+    def segment(self, image: TaskImage, prompt: ContextPrompt | Prompt) -> MaskResult:
+        """The mask for a prompt on an image (percent prompts are mapped to the image's pixels)."""
+        embedding = self.embedding(image)
+        height, width = embedding.original_size
+        if isinstance(prompt, ContextPrompt):
+            prompt = prompt.to_prompt(width, height)
+        started = time.perf_counter()
+        result = self.engine.get().decode(embedding, prompt)
+        self.counters.add("decoder_runs", time.perf_counter() - started)
+        return result
+
+    def predict(self, task: dict, context: object, config: LabelConfig, model_version: str) -> dict:
+        """The prediction for one interactive request on one task."""
+        prompt = parse_context(context)
+        control, label = config.output_for(prompt.label)
+        url, task_id = task_image_url(task, config)
+        image = read_task_image(url, self.settings, task_id)
+        result = self.segment(image, prompt)
+        if not np.any(result.mask):
+            logger.info("task %s: the prompt gave an empty mask", task_id)
+        items = mask_results(result.mask, result.score, control, label, self.settings.polygon_epsilon)
+        return {"result": items, "score": result.score, "model_version": model_version}
+
+
+_instance: InteractiveSegmentation | None = None
+_instance_lock = threading.Lock()
+
+
+def get_segmentation() -> InteractiveSegmentation:
+    """The process-wide service (engine + cache), made on first use from the current settings."""
+    global _instance
+    with _instance_lock:
+        if _instance is None:
+            from .settings import get_settings
+
+            _instance = InteractiveSegmentation(get_settings())
+        return _instance
+
+
+def reset_segmentation() -> None:
+    """Forget the service and settings (tests, or after changing the environment)."""
+    global _instance
+    from .settings import get_settings
+
+    with _instance_lock:
+        _instance = None
+        get_settings.cache_clear()

@@ -1,0 +1,62 @@
+"""Masks as Label Studio results: BrushLabels RLE (label-studio-sdk's encoder) or simplified polygons."""
+
+from __future__ import annotations
+
+import uuid
+
+import cv2
+import numpy as np
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+
+from .label_config import OutputControl
+
+MIN_POLYGON_AREA = 16  # pixels; smaller specks are left out of polygon output
+
+
+def mask_to_rle(mask: np.ndarray) -> list[int]:
+    """Label Studio brush RLE of a 2-D mask (any truthy pixel is inside)."""
+    return mask2rle(np.where(mask, 255, 0).astype(np.uint8))
+
+
+def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
+    """The bool mask a brush RLE encodes (inverse of mask_to_rle)."""
+    return decode_rle(rle).reshape(height, width, 4)[:, :, 3] > 0
+
+
+def mask_to_polygons(mask: np.ndarray, epsilon: float) -> list[list[list[float]]]:
+    """Outer contours of the mask, simplified by `epsilon` pixels, as [[x %, y %], ...], largest first."""
+    height, width = mask.shape
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = []
+    for contour in sorted(contours, key=cv2.contourArea, reverse=True):
+        if cv2.contourArea(contour) < MIN_POLYGON_AREA:
+            continue
+        simplified = cv2.approxPolyDP(contour, epsilon, closed=True).reshape(-1, 2)
+        if len(simplified) < 3:
+            continue
+        polygons.append([[float(x) * 100.0 / width, float(y) * 100.0 / height] for x, y in simplified])
+    return polygons
+
+
+def mask_results(
+    mask: np.ndarray, score: float, control: OutputControl, label: str, polygon_epsilon: float = 1.5
+) -> list[dict]:
+    """The result items (regions) of one mask: one brush region, or one polygon region per part."""
+    height, width = mask.shape
+    base = {
+        "from_name": control.name,
+        "to_name": control.to_name,
+        "type": control.result_type,
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "readonly": False,
+        "score": float(score),
+    }
+    if control.tag == "BrushLabels":
+        value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]}
+        return [{"id": uuid.uuid4().hex[:10], **base, "value": value}]
+    return [
+        {"id": uuid.uuid4().hex[:10], **base, "value": {"points": points, "closed": True, "polygonlabels": [label]}}
+        for points in mask_to_polygons(mask, polygon_epsilon)
+    ]

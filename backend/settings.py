@@ -1,0 +1,96 @@
+"""All settings, read once from the environment. The README lists each with its default."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import InputError
+
+OFFICIAL_CHECKPOINTS = {
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    "vit_t": "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+}
+
+
+def _env_bool(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Backend settings. Each field is read from the environment variable of the same name, upper-cased."""
+
+    sam_engine: str = "vit_t"  # vit_t (MobileSAM) | vit_b | vit_l | vit_h | grabcut (no weights)
+    sam_checkpoint: str = ""  # default: MODEL_DIR/checkpoints/<official file name>
+    sam_checkpoint_url: str = ""  # default: the official download URL of the engine
+    sam_download: bool = True  # fetch a missing checkpoint from SAM_CHECKPOINT_URL where the network allows
+    sam_arch_overrides: str = ""  # JSON of architecture sizes, for custom-size checkpoints
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    model_dir: str = "data/models"  # checkpoints and fine-tuned versions
+    redis_url: str = ""  # shared embedding cache and job queue; empty: in-process
+    embedding_cache_mb: int = 1024  # in-process LRU bound, in MiB
+    embedding_cache_ttl: int = 7 * 24 * 3600  # seconds an embedding lives in Redis
+    label_studio_url: str = ""  # for uploaded / local-storage / cloud images
+    label_studio_api_key: str = ""
+    image_cache_dir: str = "data/images"  # downloaded task images
+    local_files_document_root: str = ""  # plain local paths in task data are read only below this folder
+    max_image_pixels: int = 200_000_000  # larger images are refused
+    download_timeout: float = 30.0  # seconds for one image download
+    polygon_epsilon: float = 1.5  # contour simplification tolerance, in pixels
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                if kind is bool:
+                    values[f.name] = _env_bool(raw)
+                elif kind in (int, float):
+                    values[f.name] = kind(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise InputError(f"{f.name.upper()}={raw!r} is not a valid {kind.__name__}", "settings")
+        if "local_files_document_root" not in values and env.get("LOCAL_FILES_DOCUMENT_ROOT"):
+            values["local_files_document_root"] = env["LOCAL_FILES_DOCUMENT_ROOT"]
+        return cls(**values)
+
+    @property
+    def arch_overrides(self) -> dict:
+        if not self.sam_arch_overrides:
+            return {}
+        try:
+            return dict(json.loads(self.sam_arch_overrides))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"SAM_ARCH_OVERRIDES is not a JSON object: {exc}", "settings")
+
+    @property
+    def checkpoint_url(self) -> str:
+        return self.sam_checkpoint_url or OFFICIAL_CHECKPOINTS.get(self.sam_engine, "")
+
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.sam_checkpoint:
+            return Path(self.sam_checkpoint)
+        name = Path(self.checkpoint_url).name or f"{self.sam_engine}.pth"
+        return Path(self.model_dir) / "checkpoints" / name
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (call `get_settings.cache_clear()` after changing the environment)."""
+    return Settings.from_env()

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import free_port, sam_env, save_tiny_sam  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return {engine: save_tiny_sam(engine, folder / f"tiny_{engine}.pth") for engine in ("vit_b", "vit_t")}
+
+
+@pytest.fixture
+def configure(monkeypatch, tmp_path):
+    """Set backend settings for one test (environment variables) and reset the process-wide service."""
+    from backend.interactive import reset_segmentation
+
+    def apply(**env: str) -> None:
+        base = {"MODEL_DIR": str(tmp_path / "models"), "IMAGE_CACHE_DIR": str(tmp_path / "images"),
+                "SAM_DOWNLOAD": "false"}
+        for key, value in {**base, **env}.items():
+            monkeypatch.setenv(key, str(value))
+        reset_segmentation()
+
+    for key in ("REDIS_URL", "SAM_CHECKPOINT", "SAM_ENGINE", "SAM_ARCH_OVERRIDES", "BASIC_AUTH_USER",
+                "BASIC_AUTH_PASS", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LOCAL_FILES_DOCUMENT_ROOT"):
+        monkeypatch.delenv(key, raising=False)
+    yield apply
+    reset_segmentation()
+
+
+@pytest.fixture
+def sam_client(configure, tiny_checkpoints):
+    """A Flask test client of the real app on the tiny MobileSAM-architecture checkpoint."""
+    configure(**sam_env("vit_t", tiny_checkpoints["vit_t"]))
+    import _wsgi
+
+    return _wsgi.app.test_client()
+
+
+@pytest.fixture
+def grabcut_client(configure):
+    configure(SAM_ENGINE="grabcut")
+    import _wsgi
+
+    return _wsgi.app.test_client()
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real redis-server on a free loopback port for the test session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run ./run test (it installs it) or apt-get install redis-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env():
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+
+@pytest.fixture
+def file_server():
+    """A loopback HTTP server: `serve(path, body, token=None)` registers a file; returns its base URL.
+
+    A file registered with a token answers 401 unless the request has `Authorization: Token <token>`,
+    as Label Studio does for uploads.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files: dict[str, tuple[bytes, str | None]] = {}
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append({"path": self.path, "auth": self.headers.get("Authorization")})
+            entry = files.get(self.path)
+            if entry is None:
+                self.send_response(404)
+                self.end_headers()
+                return
+            body, token = entry
+            if token and self.headers.get("Authorization") != f"Token {token}":
+                self.send_response(401)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    class Served:
+        url = base
+        requests = seen
+
+        @staticmethod
+        def serve(path: str, body: bytes, token: str | None = None) -> str:
+            files[path] = (body, token)
+            return base + path
+
+    yield Served
+    server.shutdown()

@@ -1,0 +1,122 @@
+"""Test material made on the spot: tiny random-weight SAM checkpoints, synthetic images, LS payloads."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Tiny sizes of the two real architecture families (same code, a few hundred thousand encoder weights).
+TINY_ARCH = {
+    "vit_b": {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": []},
+    "vit_t": {"embed_dims": [16, 32, 32, 320], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 2],
+              "window_sizes": [7, 7, 14, 7]},
+}
+
+LABEL_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="Disk" background="#FF0000"/>
+    <Label value="Background" background="#0000FF"/>
+  </BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true">
+    <Label value="Disk" smart="true"/>
+    <Label value="Background" smart="true"/>
+  </KeyPointLabels>
+  <RectangleLabels name="rect" toName="image" smart="true">
+    <Label value="Disk" smart="true"/>
+    <Label value="Background" smart="true"/>
+  </RectangleLabels>
+</View>"""
+
+POLYGON_CONFIG = LABEL_CONFIG.replace("BrushLabels", "PolygonLabels")
+
+
+def save_tiny_sam(engine: str, path: Path, seed: int = 0) -> Path:
+    """Build a random-weight SAM of `engine`'s family at tiny size and save it as an official checkpoint."""
+    from backend.engines import build_sam
+
+    torch.manual_seed(seed)
+    model = build_sam(engine, TINY_ARCH[engine])
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def sam_env(engine: str, checkpoint: Path) -> dict[str, str]:
+    return {
+        "SAM_ENGINE": engine,
+        "SAM_CHECKPOINT": str(checkpoint),
+        "SAM_ARCH_OVERRIDES": json.dumps(TINY_ARCH[engine]),
+        "SAM_DOWNLOAD": "false",
+    }
+
+
+def disk_image(width: int = 320, height: int = 240, center=(0.4, 0.5), radius: float = 0.25, seed: int = 0):
+    """An RGB image of a red disk on a noisy green-grey background, and the disk's mask."""
+    rng = np.random.default_rng(seed)
+    image = (rng.normal(110, 12, (height, width, 3))).clip(0, 255).astype(np.uint8)
+    image[..., 1] = np.clip(image[..., 1].astype(int) + 40, 0, 255)
+    yy, xx = np.mgrid[:height, :width]
+    cx, cy, r = center[0] * width, center[1] * height, radius * min(width, height)
+    mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+    image[mask] = (rng.normal(0, 8, (mask.sum(), 3)) + (210, 40, 40)).clip(0, 255).astype(np.uint8)
+    return image, mask
+
+
+def encode_image(image: np.ndarray, fmt: str = "PNG", exif_orientation: int | None = None) -> bytes:
+    buffer = io.BytesIO()
+    pil = Image.fromarray(image)
+    if exif_orientation:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        pil.save(buffer, format=fmt, exif=exif)
+    else:
+        pil.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def keypoint(x: float, y: float, label: str = "Disk", positive: bool = True, width=320, height=240) -> dict:
+    """A smart KeyPointLabels context item at percent (x, y)."""
+    return {
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": [label]},
+        "is_positive": positive, "id": "kp1", "from_name": "kp", "to_name": "image",
+        "type": "keypointlabels", "origin": "manual",
+    }
+
+
+def rectangle(x: float, y: float, w: float, h: float, label: str = "Disk", width=320, height=240) -> dict:
+    return {
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [label]},
+        "id": "r1", "from_name": "rect", "to_name": "image", "type": "rectanglelabels", "origin": "manual",
+    }
+
+
+def predict_body(image_url: str, items: list[dict] | None, config: str = LABEL_CONFIG, task_id: int = 1) -> dict:
+    params = {"login": None, "password": None}
+    if items is not None:
+        params["context"] = {"result": items}
+    return {"tasks": [{"id": task_id, "data": {"image": image_url}}], "project": "1.1700000000",
+            "label_config": config, "params": params}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0

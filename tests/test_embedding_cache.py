@@ -1,0 +1,116 @@
+import threading
+
+import numpy as np
+import pytest
+
+from backend.embedding_cache import MemoryCache, RedisCache, deserialize, serialize
+from backend.interactive import InteractiveSegmentation
+from backend.label_config import parse_label_config
+from backend.segmenter import Embedding
+from backend.settings import Settings
+from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, free_port, keypoint, sam_env
+
+CONFIG = parse_label_config(LABEL_CONFIG)
+
+
+def embedding(nbytes: int = 4096, value: float = 0.0) -> Embedding:
+    return Embedding(np.full(nbytes // 4, value, np.float32), (10, 20), (5, 10))
+
+
+def test_serialization_round_trip():
+    original = Embedding(np.random.rand(1, 256, 8, 8).astype(np.float32), (480, 640), (768, 1024))
+    restored = deserialize(serialize(original))
+    assert np.array_equal(restored.features, original.features)
+    assert restored.original_size == (480, 640) and restored.input_size == (768, 1024)
+
+
+def test_memory_cache_is_bounded_lru():
+    cache = MemoryCache(max_bytes=3 * 4096)
+    for key in "abc":
+        cache.put(key, embedding())
+    cache.get("a")  # a is now the most recent
+    cache.put("d", embedding())
+    assert cache.get("b") is None  # least recently used went first
+    assert all(cache.get(key) is not None for key in "acd")
+    assert cache.stats()["bytes"] <= 3 * 4096
+    cache.put("huge", embedding(10 * 4096))
+    assert cache.get("huge") is None and cache.get("a") is not None
+
+
+def count_encoder_calls(service: InteractiveSegmentation) -> list:
+    calls = []
+    segmenter = service.engine.get()
+    original = segmenter.embed
+
+    def spy(image):
+        calls.append(image.shape)
+        return original(image)
+
+    segmenter.embed = spy
+    return calls
+
+
+def task(url: str) -> dict:
+    return {"id": 1, "data": {"image": url}}
+
+
+@pytest.fixture
+def image_url():
+    image, _ = disk_image()
+    return data_uri(encode_image(image))
+
+
+def tiny_settings(tmp_path, tiny_checkpoints, **extra) -> Settings:
+    env = {k.lower(): v for k, v in sam_env("vit_t", tiny_checkpoints["vit_t"]).items()}
+    env["sam_download"] = False
+    return Settings(model_dir=str(tmp_path), **env, **extra)
+
+
+def test_repeated_clicks_run_the_encoder_once(tmp_path, tiny_checkpoints, image_url):
+    service = InteractiveSegmentation(tiny_settings(tmp_path, tiny_checkpoints))
+    calls = count_encoder_calls(service)
+    for x in (40, 42, 45):
+        service.predict(task(image_url), {"result": [keypoint(x, 50)]}, CONFIG, "v")
+    assert len(calls) == 1
+    other, _ = disk_image(seed=5)
+    service.predict(task(data_uri(encode_image(other))), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    assert len(calls) == 2
+
+
+def test_concurrent_first_clicks_share_one_encoder_run(tmp_path, tiny_checkpoints, image_url):
+    service = InteractiveSegmentation(tiny_settings(tmp_path, tiny_checkpoints))
+    calls = count_encoder_calls(service)
+    threads = [threading.Thread(target=service.predict, args=(task(image_url), {"result": [keypoint(40, 50)]},
+                                                                CONFIG, "v")) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+
+
+def test_redis_cache_is_shared_between_workers(tmp_path, tiny_checkpoints, image_url, redis_url):
+    settings = tiny_settings(tmp_path, tiny_checkpoints, redis_url=redis_url)
+    first, second = InteractiveSegmentation(settings), InteractiveSegmentation(settings)  # two worker processes
+    first_calls, second_calls = count_encoder_calls(first), count_encoder_calls(second)
+    a = first.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    b = second.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    assert len(first_calls) == 1 and len(second_calls) == 0
+    assert a["result"][0]["value"]["rle"] == b["result"][0]["value"]["rle"]
+    assert second.cache.stats()["hits"] == 1
+
+
+def test_redis_cache_round_trip_and_expiry(redis_url):
+    cache = RedisCache(redis_url, ttl=100)
+    cache.put("k", embedding(value=3.0))
+    assert cache.get("k").features[0] == 3.0
+    assert 0 < cache.client.ttl("k") <= 100
+
+
+def test_unreachable_redis_still_serves(tmp_path, tiny_checkpoints, image_url, caplog):
+    settings = tiny_settings(tmp_path, tiny_checkpoints, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    service = InteractiveSegmentation(settings)
+    prediction = service.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    assert prediction["result"][0]["value"]["rle"]
+    assert service.cache.stats()["errors"] >= 1
+    assert "embedding cache unreachable" in caplog.text

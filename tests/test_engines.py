@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from backend import compat
+from backend.engines import SegmenterHolder, load_sam, load_segmenter
+from backend.errors import ModelUnavailableError
+from backend.grabcut_engine import GrabCutSegmenter
+from backend.prompts import Prompt
+from backend.settings import Settings
+from tests.helpers import TINY_ARCH, disk_image, iou, save_tiny_sam
+
+compat.install()
+from segment_anything import SamPredictor  # noqa: E402
+
+
+def tiny_settings(engine, checkpoint, **extra):
+    return Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False,
+                    sam_arch_overrides=json.dumps(TINY_ARCH[engine]), **extra)
+
+
+@pytest.mark.parametrize("engine", ["vit_b", "vit_t"])
+def test_official_checkpoint_round_trip(engine, tiny_checkpoints):
+    model = load_sam(tiny_settings(engine, tiny_checkpoints[engine]))
+    saved = torch.load(tiny_checkpoints[engine], weights_only=True)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+
+
+@pytest.mark.parametrize("engine", ["vit_b", "vit_t"])
+def test_decode_matches_official_sam_predictor(engine, tiny_checkpoints):
+    """Our stateless engine gives exactly what segment_anything's SamPredictor gives."""
+    segmenter = load_segmenter(tiny_settings(engine, tiny_checkpoints[engine]))
+    image, _ = disk_image(300, 200)
+    predictor = SamPredictor(segmenter.model)
+    predictor.set_image(image)
+    embedding = segmenter.embed(image)
+    torch.testing.assert_close(torch.from_numpy(embedding.features), predictor.features, rtol=1e-4, atol=1e-5)
+
+    click = Prompt(points=np.array([[120.0, 100.0]], np.float32), labels=np.array([1]))
+    masks, scores, _ = predictor.predict(point_coords=click.points, point_labels=click.labels, multimask_output=True)
+    ours = segmenter.decode(embedding, click)
+    best = int(np.argmax(scores))
+    assert ours.score == pytest.approx(float(scores[best]), abs=1e-5)
+    assert iou(ours.mask, masks[best]) > 0.999
+
+    box_and_clicks = Prompt(points=np.array([[120.0, 100.0], [10.0, 10.0]], np.float32), labels=np.array([1, 0]),
+                            box=np.array([60, 40, 200, 160], np.float32))
+    masks, scores, _ = predictor.predict(point_coords=box_and_clicks.points, point_labels=box_and_clicks.labels,
+                                         box=box_and_clicks.box, multimask_output=False)
+    ours = segmenter.decode(embedding, box_and_clicks)
+    assert ours.score == pytest.approx(float(scores[0]), abs=1e-5)
+    assert iou(ours.mask, masks[0]) > 0.999
+    assert ours.mask.shape == (200, 300) and ours.low_res_logits.shape == (1, 256, 256)
+
+
+def test_checkpoint_of_another_architecture_is_named(tiny_checkpoints):
+    with pytest.raises(ModelUnavailableError, match="does not fit SAM_ENGINE=vit_b.*(Missing key|size mismatch)"):
+        load_sam(tiny_settings("vit_b", tiny_checkpoints["vit_t"]))
+
+
+def test_missing_checkpoint_names_setting_and_url(tmp_path):
+    settings = Settings(sam_engine="vit_b", model_dir=str(tmp_path), sam_download=False)
+    with pytest.raises(ModelUnavailableError) as info:
+        load_sam(settings)
+    text = str(info.value)
+    assert "SAM_CHECKPOINT" in text and "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth" in text
+    assert str(tmp_path / "checkpoints" / "sam_vit_b_01ec64.pth") in text
+
+
+def test_corrupt_checkpoint(tmp_path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelUnavailableError, match="not a readable PyTorch checkpoint"):
+        load_sam(Settings(sam_engine="vit_t", sam_checkpoint=str(path), sam_download=False))
+
+
+def test_download_to_cache_dir_where_network_allows(tmp_path, tiny_checkpoints, file_server):
+    url = file_server.serve("/weights/mobile_sam.pt", tiny_checkpoints["vit_t"].read_bytes())
+    settings = Settings(sam_engine="vit_t", model_dir=str(tmp_path), sam_checkpoint_url=url,
+                        sam_arch_overrides=json.dumps(TINY_ARCH["vit_t"]))
+    load_sam(settings)
+    assert (tmp_path / "checkpoints" / "mobile_sam.pt").read_bytes() == tiny_checkpoints["vit_t"].read_bytes()
+    assert not list((tmp_path / "checkpoints").glob("*.part"))
+
+
+def test_failed_download_is_clear(tmp_path, file_server):
+    settings = Settings(sam_engine="vit_t", model_dir=str(tmp_path), sam_checkpoint_url=file_server.url + "/none.pt")
+    with pytest.raises(ModelUnavailableError, match="Download failed: 404"):
+        load_sam(settings)
+    assert not (tmp_path / "checkpoints" / "none.pt").exists()
+
+
+def test_holder_reports_problem_then_loads(tmp_path, tiny_checkpoints):
+    holder = SegmenterHolder(Settings(sam_engine="vit_t", sam_checkpoint=str(tmp_path / "x.pt"), sam_download=False))
+    assert holder.status()["loaded"] is False and "not found" in holder.status()["problem"]
+    with pytest.raises(ModelUnavailableError):
+        holder.get()
+    holder = SegmenterHolder(tiny_settings("vit_t", tiny_checkpoints["vit_t"]))
+    assert holder.get() is holder.get()
+    assert holder.status()["loaded"] is True
+
+
+def test_fingerprint_follows_the_encoder_weights(tmp_path, tiny_checkpoints):
+    other = save_tiny_sam("vit_t", tmp_path / "other.pth", seed=1)
+    a = load_segmenter(tiny_settings("vit_t", tiny_checkpoints["vit_t"]))
+    b = load_segmenter(tiny_settings("vit_t", tiny_checkpoints["vit_t"]))
+    c = load_segmenter(tiny_settings("vit_t", other))
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+@pytest.mark.parametrize("prompt", [
+    Prompt(points=np.array([[128.0, 120.0]], np.float32), labels=np.array([1])),
+    Prompt(box=np.array([60, 50, 200, 190], np.float32)),
+    Prompt(points=np.array([[128.0, 120.0], [300.0, 20.0]], np.float32), labels=np.array([1, 0]),
+           box=np.array([60, 50, 200, 190], np.float32)),
+])
+def test_grabcut_covers_the_object(prompt):
+    image, truth = disk_image(320, 240)
+    segmenter = GrabCutSegmenter()
+    result = segmenter.decode(segmenter.embed(image), prompt)
+    assert result.mask.shape == truth.shape
+    assert iou(result.mask, truth) > 0.9
+
+
+def test_grabcut_works_on_large_images_at_reduced_size():
+    image, truth = disk_image(1600, 1200)
+    segmenter = GrabCutSegmenter(max_side=512)
+    embedding = segmenter.embed(image)
+    assert max(embedding.input_size) == 512 and embedding.original_size == (1200, 1600)
+    result = segmenter.decode(embedding, Prompt(points=np.array([[640.0, 600.0]], np.float32), labels=np.array([1])))
+    assert result.mask.shape == (1200, 1600) and iou(result.mask, truth) > 0.9

@@ -1,0 +1,77 @@
+"""The backend served the way it runs in production: gunicorn, real HTTP, a separate process."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from backend.mask_encoding import rle_to_mask
+from tests.helpers import data_uri, disk_image, encode_image, free_port, iou, keypoint, predict_body, sam_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_gunicorn(env: dict, tmp_path: Path):
+    port = free_port()
+    log = open(tmp_path / "gunicorn.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+         "--timeout", "120", "_wsgi:app"],
+        cwd=ROOT, env={**os.environ, **env, "MODEL_DIR": str(tmp_path), "IMAGE_CACHE_DIR": str(tmp_path / "img")},
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if requests.get(url + "/health", timeout=5).ok:
+                return proc, url
+        except requests.RequestException:  # refused, or accepted while the workers still import
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail("gunicorn did not start: " + (tmp_path / "gunicorn.log").read_text())
+
+
+@pytest.fixture
+def served(tmp_path, tiny_checkpoints, redis_url):
+    procs = []
+
+    def serve(env):
+        proc, url = start_gunicorn(env, tmp_path)
+        procs.append(proc)
+        return url
+
+    yield serve
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_gunicorn_grabcut_mask_covers_object(served):
+    url = served({"SAM_ENGINE": "grabcut"})
+    image, truth = disk_image()
+    body = predict_body(data_uri(encode_image(image)), [keypoint(40, 50)])
+    response = requests.post(url + "/predict", json=body, timeout=60)
+    assert response.status_code == 200
+    item = response.json()["results"][0]["result"][0]
+    assert iou(rle_to_mask(item["value"]["rle"], 240, 320), truth) > 0.9
+    bad = requests.post(url + "/predict", json=predict_body("data:image/png;base64,AAAA", [keypoint(4, 5)]), timeout=60)
+    assert bad.status_code == 422 and "not a readable image" in bad.json()["error"]
+    assert requests.post(url + "/predict", json=body, timeout=60).status_code == 200
+
+
+def test_two_gunicorn_workers_share_embeddings_through_redis(served, tiny_checkpoints, redis_url):
+    url = served({**sam_env("vit_t", tiny_checkpoints["vit_t"]), "REDIS_URL": redis_url})
+    image, _ = disk_image(seed=11)
+    body = predict_body(data_uri(encode_image(image)), [keypoint(40, 50)])
+    for _ in range(6):  # requests land on both workers
+        assert requests.post(url + "/predict", json=body, timeout=60).status_code == 200
+    import redis
+
+    keys = redis.Redis.from_url(redis_url).keys("sam:emb:*")
+    assert len(keys) >= 1
+    runs = [requests.get(url + "/metrics", timeout=10).json()["counts"].get("encoder_runs", 0) for _ in range(8)]
+    assert max(runs) <= 1  # no worker encoded the image twice; at most one encoded it at all

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from backend.errors import ImageError, InputError
+from backend.images import read_task_image
+from backend.settings import Settings
+from tests.helpers import data_uri, disk_image, encode_image, free_port
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(image_cache_dir=str(tmp_path / "cache"), download_timeout=5)
+
+
+def test_data_uri(settings):
+    image, _ = disk_image()
+    loaded = read_task_image(data_uri(encode_image(image)), settings)
+    assert np.array_equal(loaded.decode(), image)
+    assert len(loaded.key) == 64
+
+
+def test_exif_orientation_is_applied(settings):
+    image, _ = disk_image(320, 240)
+    # orientation 6: the viewer rotates 90 degrees clockwise, so the displayed image is 240 wide, 320 high
+    loaded = read_task_image(data_uri(encode_image(image, "JPEG", exif_orientation=6), "image/jpeg"), settings)
+    assert loaded.decode().shape == (320, 240, 3)
+
+
+def test_plain_url_is_downloaded_once(settings, file_server):
+    image, _ = disk_image()
+    url = file_server.serve("/pics/a.png", encode_image(image))
+    first = read_task_image(url, settings)
+    second = read_task_image(url, settings)
+    assert first.key == second.key
+    assert len([r for r in file_server.requests if r["path"] == "/pics/a.png"]) == 1  # cached on disk
+
+
+def test_label_studio_upload_uses_url_and_token(tmp_path, file_server):
+    image, _ = disk_image()
+    body = encode_image(image)
+    file_server.serve("/storage-data/uploaded/?filepath=upload/1/a.png", body, token="secret-token")
+    settings = Settings(image_cache_dir=str(tmp_path), label_studio_url=file_server.url,
+                        label_studio_api_key="secret-token")
+    loaded = read_task_image("/data/upload/1/a.png", settings, task_id=7)
+    assert loaded.data == body
+    assert file_server.requests[-1]["auth"] == "Token secret-token"
+
+
+def test_wrong_token_says_check_the_key(tmp_path, file_server):
+    file_server.serve("/storage-data/uploaded/?filepath=upload/1/b.png", b"x", token="right")
+    settings = Settings(image_cache_dir=str(tmp_path), label_studio_url=file_server.url, label_studio_api_key="wrong")
+    with pytest.raises(ImageError, match="HTTP 401.*LABEL_STUDIO_API_KEY"):
+        read_task_image("/data/upload/1/b.png", settings)
+
+
+def test_upload_without_label_studio_url(settings):
+    with pytest.raises(ImageError, match="LABEL_STUDIO_URL"):
+        read_task_image("/data/upload/1/a.png", settings)
+
+
+def test_unreachable_storage(settings):
+    with pytest.raises(ImageError, match="storage unreachable") as info:
+        read_task_image(f"http://127.0.0.1:{free_port()}/missing.png", settings)
+    assert "missing.png" in info.value.where
+
+
+def test_missing_file_is_404(settings, file_server):
+    with pytest.raises(ImageError, match="HTTP 404"):
+        read_task_image(file_server.url + "/nope.png", settings)
+
+
+def test_broken_and_empty_images(settings):
+    with pytest.raises(ImageError, match="not a readable image"):
+        read_task_image(data_uri(b"this is not an image"), settings).decode()
+    with pytest.raises(ImageError, match="0 bytes"):
+        read_task_image("data:image/png;base64,", settings)
+    with pytest.raises(InputError, match="empty or not a string"):
+        read_task_image("", settings, task_id=3)
+    with pytest.raises(InputError, match="task 3"):
+        read_task_image(None, settings, task_id=3)
+
+
+def test_local_files_only_below_the_document_root(tmp_path):
+    image, _ = disk_image()
+    inside = tmp_path / "root" / "a.png"
+    inside.parent.mkdir()
+    inside.write_bytes(encode_image(image))
+    outside = tmp_path / "b.png"
+    outside.write_bytes(encode_image(image))
+    settings = Settings(local_files_document_root=str(tmp_path / "root"))
+    assert read_task_image(str(inside), settings).decode().shape == image.shape
+    with pytest.raises(ImageError, match="LOCAL_FILES_DOCUMENT_ROOT"):
+        read_task_image(str(outside), settings)
+    with pytest.raises(ImageError, match="LOCAL_FILES_DOCUMENT_ROOT"):
+        read_task_image(str(tmp_path / "root" / ".." / "b.png"), settings)
+    with pytest.raises(ImageError, match="cannot read local file"):
+        read_task_image(str(tmp_path / "root" / "gone.png"), settings)
+
+
+def test_decompression_bomb_is_refused(settings):
+    image = np.zeros((100, 100, 3), np.uint8)
+    with pytest.raises(ImageError, match="MAX_IMAGE_PIXELS"):
+        read_task_image(data_uri(encode_image(image)), settings).decode(max_pixels=1000)

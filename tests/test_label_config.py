@@ -1,0 +1,42 @@
+import pytest
+
+from backend.errors import InputError
+from backend.label_config import parse_label_config
+from tests.helpers import LABEL_CONFIG, POLYGON_CONFIG
+
+
+def test_brush_config():
+    config = parse_label_config(LABEL_CONFIG)
+    assert config.image_key == "image" and config.image_name == "image"
+    control, label = config.output_for("Disk")
+    assert (control.name, control.tag, control.result_type, label) == ("tag", "BrushLabels", "brushlabels", "Disk")
+
+
+def test_polygon_config():
+    control, _ = parse_label_config(POLYGON_CONFIG).output_for("Background")
+    assert control.tag == "PolygonLabels" and control.result_type == "polygonlabels"
+
+
+def test_unknown_label_names_the_known_ones():
+    with pytest.raises(InputError, match=r"unknown label 'Cat'.*\['Background', 'Disk'\]"):
+        parse_label_config(LABEL_CONFIG).output_for("Cat")
+
+
+def test_missing_label_with_several_choices_is_an_error():
+    with pytest.raises(InputError, match="no label"):
+        parse_label_config(LABEL_CONFIG).output_for(None)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("", "empty labeling config"),
+        ("<View><Text name='t' value='$text'/></View>", "no <Image>"),
+        ("<View><Image name='i' value='$img'/><Choices name='c' toName='i'><Choice value='a'/></Choices></View>",
+         "no <BrushLabels> or <PolygonLabels>"),
+        ("<View><Image", "cannot be parsed"),
+    ],
+)
+def test_unusable_configs(config, message):
+    with pytest.raises(InputError, match=message):
+        parse_label_config(config)

@@ -1,0 +1,36 @@
+import numpy as np
+
+from backend.label_config import parse_label_config
+from backend.mask_encoding import mask_results, mask_to_polygons, mask_to_rle, rle_to_mask
+from tests.helpers import LABEL_CONFIG, POLYGON_CONFIG, disk_image
+
+
+def test_rle_round_trip_is_exact():
+    _, mask = disk_image(333, 211)
+    mask[0, :7] = True  # a run at the very start
+    mask[-1, -3:] = True  # and at the very end
+    assert np.array_equal(rle_to_mask(mask_to_rle(mask), 211, 333), mask)
+
+
+def test_brush_result_decodes_to_the_mask():
+    _, mask = disk_image()
+    control, label = parse_label_config(LABEL_CONFIG).output_for("Disk")
+    [item] = mask_results(mask, 0.9, control, label)
+    assert item["type"] == "brushlabels" and item["value"]["brushlabels"] == ["Disk"]
+    assert (item["original_width"], item["original_height"]) == (320, 240)
+    assert np.array_equal(rle_to_mask(item["value"]["rle"], 240, 320), mask)
+
+
+def test_polygons_outline_each_part_in_percent():
+    mask = np.zeros((100, 200), bool)
+    mask[10:50, 20:60] = True  # big square
+    mask[70:80, 150:160] = True  # small square
+    polygons = mask_to_polygons(mask, epsilon=1.0)
+    assert len(polygons) == 2
+    xs = [p[0] for p in polygons[0]]
+    ys = [p[1] for p in polygons[0]]
+    assert min(xs) == 10.0 and max(xs) == 29.5 and min(ys) == 10.0 and max(ys) == 49.0
+    control, label = parse_label_config(POLYGON_CONFIG).output_for("Disk")
+    items = mask_results(mask, 0.5, control, label)
+    assert [item["type"] for item in items] == ["polygonlabels", "polygonlabels"]
+    assert items[0]["value"]["polygonlabels"] == ["Disk"] and items[0]["value"]["closed"] is True
