@@ -94,16 +94,24 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Embeddings in Redis, shared by every worker process and machine; entries expire after `ttl` seconds."""
+    """Embeddings in Redis, shared by every worker process and machine; entries expire after `ttl` seconds.
 
-    def __init__(self, url: str, ttl: int):
+    A small in-process LRU in front keeps the embeddings this worker used last (entries never change:
+    the key is the content hash), so a burst of clicks on one image does not fetch it again each time.
+    """
+
+    def __init__(self, url: str, ttl: int, local_bytes: int = 128 * 1024 * 1024):
         import redis
 
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.ttl = ttl
+        self.local = MemoryCache(local_bytes)
         self.hits = self.misses = self.errors = 0
 
     def get(self, key: str) -> Embedding | None:
+        embedding = self.local.get(key)
+        if embedding is not None:
+            return embedding
         try:
             blob = self.client.get(key)
         except Exception as exc:  # an unreachable cache must not fail the click: compute instead
@@ -114,9 +122,12 @@ class RedisCache:
             self.misses += 1
             return None
         self.hits += 1
-        return deserialize(blob)
+        embedding = deserialize(blob)
+        self.local.put(key, embedding)
+        return embedding
 
     def put(self, key: str, embedding: Embedding) -> None:
+        self.local.put(key, embedding)
         try:
             self.client.set(key, serialize(embedding), ex=self.ttl)
         except Exception as exc:
@@ -124,10 +135,11 @@ class RedisCache:
             logger.warning("embedding cache unreachable (%s); not stored", exc)
 
     def stats(self) -> dict:
-        return {"kind": "redis", "hits": self.hits, "misses": self.misses, "errors": self.errors}
+        return {"kind": "redis", "hits": self.hits, "misses": self.misses, "errors": self.errors,
+                "local": self.local.stats()}
 
 
 def make_cache(settings: Settings) -> EmbeddingCache:
     if settings.redis_url:
-        return RedisCache(settings.redis_url, settings.embedding_cache_ttl)
-    return MemoryCache(settings.embedding_cache_mb * 1024 * 1024)
+        return RedisCache(settings.redis_url, settings.embedding_cache_ttl, settings.embedding_cache_local_mb << 20)
+    return MemoryCache(settings.embedding_cache_mb << 20)

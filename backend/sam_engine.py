@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from . import compat
+from .fast_decoder import FastMaskDecoder, ImageContext
 from .prompts import Prompt
 from .segmenter import Embedding, MaskResult
 
@@ -32,10 +35,14 @@ def weights_fingerprint(module: torch.nn.Module, samples: int = 4096) -> str:
 class SamSegmenter:
     """Embeds with the image encoder; decodes with the prompt encoder + mask decoder.
 
-    Unlike `SamPredictor` it keeps no per-image state, so one instance serves concurrent requests and
-    embeddings can live in a shared cache. For a single click it asks for SAM's three candidate masks
-    and keeps the best-scored one (the ambiguity rule of the SAM paper); only that one is upscaled.
+    Unlike `SamPredictor` it keeps no per-image state that a request depends on, so one instance serves
+    concurrent requests and embeddings can live in a shared cache. For a single click it asks for SAM's
+    three candidate masks and keeps the best-scored one (the ambiguity rule of the SAM paper); only that
+    one is upscaled. Decoding goes through `FastMaskDecoder`, whose per-image context is memoised for
+    the few most recent images (clicks come in bursts on one image).
     """
+
+    contexts_kept = 4
 
     def __init__(self, model: Sam, name: str, device: torch.device):
         self.model = model.to(device).eval()
@@ -43,6 +50,10 @@ class SamSegmenter:
         self.device = device
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self.fingerprint = f"{name}-{weights_fingerprint(model.image_encoder)}"
+        with torch.inference_mode():
+            self.fast = FastMaskDecoder(self.model)
+        self._contexts: OrderedDict[int, tuple[np.ndarray, ImageContext]] = OrderedDict()
+        self._contexts_lock = threading.Lock()
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:
@@ -68,22 +79,39 @@ class SamSegmenter:
             boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)
         return points, boxes
 
+    def _context(self, embedding: Embedding) -> ImageContext:
+        """The fast decoder's per-image tensors, memoised by the identity of the embedding's features."""
+        key = id(embedding.features)
+        with self._contexts_lock:
+            entry = self._contexts.get(key)
+            if entry is not None and entry[0] is embedding.features:
+                self._contexts.move_to_end(key)
+                return entry[1]
+        context = self.fast.image_context(torch.from_numpy(embedding.features).to(self.device))
+        with self._contexts_lock:
+            self._contexts[key] = (embedding.features, context)
+            while len(self._contexts) > self.contexts_kept:
+                self._contexts.popitem(last=False)
+        return context
+
     @torch.inference_mode()
     def decode(self, embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None) -> MaskResult:
         points, boxes = self._prompt_tensors(embedding, prompt)
-        masks = None
-        if mask_input is not None:
+        multimask = prompt.is_single_click and mask_input is None
+        if mask_input is None:
+            sparse, _ = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)
+            chosen, score = self.fast.decode(self._context(embedding), sparse, multimask)
+        else:  # a mask prompt changes the image tokens: the official decoder
             masks = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)[None]
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        low_res, scores = self.model.mask_decoder(
-            image_embeddings=torch.from_numpy(embedding.features).to(self.device),
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=prompt.is_single_click and mask_input is None,
-        )
-        best = int(torch.argmax(scores[0]))
-        chosen = low_res[:, best : best + 1]
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            low_res, scores = self.model.mask_decoder(
+                image_embeddings=torch.from_numpy(embedding.features).to(self.device),
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            chosen, score = low_res[:, :1], scores[0, :1]
         upscaled = self.model.postprocess_masks(chosen, embedding.input_size, embedding.original_size)
         mask = (upscaled[0, 0] > self.model.mask_threshold).cpu().numpy()
-        return MaskResult(mask=mask, score=float(scores[0, best]), low_res_logits=chosen[0].cpu().numpy())
+        return MaskResult(mask=mask, score=float(score[0]), low_res_logits=chosen[0].cpu().numpy())

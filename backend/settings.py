@@ -34,7 +34,8 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     model_dir: str = "data/models"  # checkpoints and fine-tuned versions
     redis_url: str = ""  # shared embedding cache and job queue; empty: in-process
-    embedding_cache_mb: int = 1024  # in-process LRU bound, in MiB
+    embedding_cache_mb: int = 1024  # in-process LRU bound, in MiB (without Redis)
+    embedding_cache_local_mb: int = 128  # with Redis: each worker's own front LRU, in MiB
     embedding_cache_ttl: int = 7 * 24 * 3600  # seconds an embedding lives in Redis
     label_studio_url: str = ""  # for uploaded / local-storage / cloud images
     label_studio_api_key: str = ""

@@ -103,8 +103,12 @@ def test_redis_cache_is_shared_between_workers(tmp_path, tiny_checkpoints, image
 def test_redis_cache_round_trip_and_expiry(redis_url):
     cache = RedisCache(redis_url, ttl=100)
     cache.put("k", embedding(value=3.0))
-    assert cache.get("k").features[0] == 3.0
     assert 0 < cache.client.ttl("k") <= 100
+    other_worker = RedisCache(redis_url, ttl=100)
+    first = other_worker.get("k")
+    assert first.features[0] == 3.0 and other_worker.stats()["hits"] == 1
+    assert other_worker.get("k") is first  # the second read comes from the worker's own front cache
+    assert other_worker.stats()["hits"] == 1
 
 
 def test_unreachable_redis_still_serves(tmp_path, tiny_checkpoints, image_url, caplog):

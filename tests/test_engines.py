@@ -55,6 +55,40 @@ def test_decode_matches_official_sam_predictor(engine, tiny_checkpoints):
     assert iou(ours.mask, masks[0]) > 0.999
     assert ours.mask.shape == (200, 300) and ours.low_res_logits.shape == (1, 256, 256)
 
+    refine = Prompt(points=np.array([[120.0, 100.0], [150.0, 90.0]], np.float32), labels=np.array([1, 1]))
+    masks, scores, _ = predictor.predict(point_coords=refine.points, point_labels=refine.labels,
+                                         mask_input=ours.low_res_logits, multimask_output=False)
+    refined = segmenter.decode(embedding, refine, mask_input=ours.low_res_logits)
+    assert refined.score == pytest.approx(float(scores[0]), abs=1e-5)
+    assert iou(refined.mask, masks[0]) > 0.999
+
+
+@pytest.mark.parametrize("engine", ["vit_b", "vit_t"])
+def test_fast_decoder_equals_official_mask_decoder_logits(engine, tiny_checkpoints):
+    """FastMaskDecoder is the official MaskDecoder reorganised: same logits, same scores."""
+    segmenter = load_segmenter(tiny_settings(engine, tiny_checkpoints[engine]))
+    model = segmenter.model
+    embedding = segmenter.embed(disk_image(256, 256)[0])
+    features = torch.from_numpy(embedding.features)
+    context = segmenter.fast.image_context(features)
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        for clicks in (1, 2, 5):
+            prompt = Prompt(points=rng.uniform(0, 255, (clicks, 2)).astype(np.float32),
+                            labels=np.array([1] + [int(v) for v in rng.integers(0, 2, clicks - 1)]),
+                            box=np.array([20, 30, 200, 220], np.float32) if clicks == 2 else None)
+            points, boxes = segmenter._prompt_tensors(embedding, prompt)
+            sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+            multimask = prompt.is_single_click
+            low_res, scores = model.mask_decoder(
+                image_embeddings=features, image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+            )
+            best = int(torch.argmax(scores[0]))
+            fast_logits, fast_score = segmenter.fast.decode(context, sparse, multimask)
+            torch.testing.assert_close(fast_logits, low_res[:, best : best + 1], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(fast_score, scores[0, best : best + 1], rtol=1e-4, atol=1e-6)
+
 
 def test_checkpoint_of_another_architecture_is_named(tiny_checkpoints):
     with pytest.raises(ModelUnavailableError, match="does not fit SAM_ENGINE=vit_b.*(Missing key|size mismatch)"):
