@@ -1,0 +1,30 @@
+# Segment Anything ML backend for Label Studio (CPU image; for a GPU use a CUDA torch and DEVICE=cuda).
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PORT=9090 \
+    WORKERS=1 \
+    THREADS=8 \
+    MODEL_DIR=/data/models \
+    IMAGE_CACHE_DIR=/data/images
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY constraints.txt requirements.txt ./
+# The CPU build of torch; the constraint keeps every other package from pulling a CUDA torch.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --extra-index-url "${TORCH_INDEX}" -c constraints.txt -r requirements.txt
+
+COPY backend ./backend
+COPY model.py _wsgi.py label_config.xml ./
+COPY label_configs ./label_configs
+
+VOLUME /data
+EXPOSE 9090
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ['PORT'])"
+CMD exec gunicorn --bind ":${PORT}" --workers "${WORKERS}" --threads "${THREADS}" --timeout 0 --access-logfile - _wsgi:app

@@ -1,0 +1,140 @@
+"""Shared pieces of the benchmarks: random-weight real-size checkpoints, a served backend, real images."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_IMAGES = ROOT.parent / "shared" / "data" / "interactive-seg" / "COCO_MVal" / "img"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def random_checkpoint(engine: str, folder: Path) -> Path:
+    """A real-size architecture with random weights, saved as an official checkpoint (speed does not
+    depend on weight values)."""
+    from backend.engines import build_sam
+
+    path = folder / f"random_{engine}.pth"
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(build_sam(engine).state_dict(), path)
+    return path
+
+
+def bench_images(folder: Path, count: int, long_side: int) -> list[Path]:
+    """`count` JPEGs made from the COCO_MVal photos (or synthetic ones), resized to `long_side`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted(SHARED_IMAGES.glob("*.jpg")) if SHARED_IMAGES.is_dir() else []
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        if sources:
+            image = Image.open(sources[index % len(sources)]).convert("RGB")
+        else:
+            image = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+        scale = long_side / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+        if index >= len(sources) and sources:  # make repeats distinct images
+            image = Image.fromarray(np.asarray(image)[:, ::-1].copy())
+        path = folder / f"img{index:03d}_{long_side}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+@contextmanager
+def static_server(folder: Path):
+    """Serve `folder` over loopback HTTP (as Label Studio serves uploads); yields the base URL."""
+    handler = lambda *a, **k: SimpleHTTPRequestHandler(*a, directory=str(folder), **k)  # noqa: E731
+    SimpleHTTPRequestHandler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@contextmanager
+def backend_server(env: dict[str, str], workdir: Path, workers: int = 1, threads: int = 4):
+    """The backend under gunicorn; yields (url, gunicorn master pid)."""
+    port = free_port()
+    log = open(workdir / f"gunicorn-{port}.log", "w")
+    full_env = {**os.environ, "LOG_LEVEL": "WARNING", "MODEL_DIR": str(workdir / "models"),
+                "IMAGE_CACHE_DIR": str(workdir / f"cache-{port}"), "SAM_DOWNLOAD": "false", **env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+         "--threads", str(threads), "--timeout", "0", "_wsgi:app"],
+        cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if requests.get(url + "/health", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("backend did not start; see " + log.name)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def worker_peak_rss_mb(master_pid: int) -> float:
+    """Peak resident memory (VmHWM) of the gunicorn worker processes under `master_pid`, in MiB."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    peak = 0.0
+    for pid in children:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
+
+
+def stats_ms(seconds: list[float]) -> tuple[float, float]:
+    values = np.array(seconds) * 1000
+    return float(np.median(values)), float(np.percentile(values, 95))
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print(" | ".join(c.ljust(widths[c]) for c in columns))
+    print("-|-".join("-" * widths[c] for c in columns))
+    for row in rows:
+        print(" | ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def click_body(url: str, width: int, height: int, x: float, y: float) -> dict:
+    from tests.helpers import LABEL_CONFIG, keypoint
+
+    item = keypoint(x, y, width=width, height=height)
+    return {"tasks": [{"id": 1, "data": {"image": url}}], "project": "1.1", "label_config": LABEL_CONFIG,
+            "params": {"context": {"result": [item]}}}
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+

@@ -1,0 +1,198 @@
+"""Interactive click latency over HTTP against the bare SAM decoder, with real-size random-weight models.
+
+    ./run bench interactive_latency [--engines vit_t vit_b] [--sizes 1024 2048] [--clicks 40] [--cached 100]
+
+Per engine and image size: warm click (embedding cached) median and p95 over HTTP to gunicorn, the
+bare decoder (segment_anything's SamPredictor.predict after set_image, same image) median measured in
+the same run, their ratio, and the cold click (new image: download, encoder, decode) median. Then the
+peak memory of the server worker after `--cached` distinct images have been embedded.
+
+Random weights decode to salt-and-pepper masks (~100k runs at 1 MP) where a real object's mask has a
+few hundred, and the brush RLE encoder (label-studio-sdk) and JSON cost grow with the run count. The
+second table measures that step for both kinds of mask at each size and gives the warm median with
+the object mask's encoding cost in place of the noise mask's (derived, labelled as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+from PIL import Image
+
+from common import (
+    backend_server,
+    bench_images,
+    click_body,
+    image_size,
+    print_table,
+    random_checkpoint,
+    static_server,
+    stats_ms,
+    worker_peak_rss_mb,
+)
+
+
+def bare_decoder_ms(engine: str, checkpoint: Path, image_path: Path, clicks: int) -> tuple[float, float]:
+    """Median of SamPredictor.predict (one click, multimask) and of our engine's decode, in-process."""
+    from backend import compat
+    from backend.engines import load_segmenter
+    from backend.prompts import Prompt
+    from backend.settings import Settings
+
+    compat.install()
+    from segment_anything import SamPredictor
+
+    segmenter = load_segmenter(Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False))
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    predictor = SamPredictor(segmenter.model)
+    predictor.set_image(image)
+    embedding = segmenter.embed(image)
+    rng = np.random.default_rng(1)
+    bare, ours = [], []
+    for i in range(clicks + 3):
+        point = rng.uniform(0.1, 0.9, 2) * (image.shape[1], image.shape[0])
+        started = time.perf_counter()
+        predictor.predict(point_coords=point[None], point_labels=np.array([1]), multimask_output=True)
+        middle = time.perf_counter()
+        segmenter.decode(embedding, Prompt(points=point[None].astype(np.float32), labels=np.array([1])))
+        if i >= 3:  # warm-up
+            bare.append(middle - started)
+            ours.append(time.perf_counter() - middle)
+    return stats_ms(bare)[0], stats_ms(ours)[0]
+
+
+def encoding_ms(mask: np.ndarray) -> float:
+    """Median time of the brush result for one mask: SDK RLE encoding plus JSON serialisation."""
+    from backend.label_config import parse_label_config
+    from backend.mask_encoding import mask_results
+    from tests.helpers import LABEL_CONFIG
+
+    control, label = parse_label_config(LABEL_CONFIG).output_for("Disk")
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        json.dumps(mask_results(mask, 0.5, control, label))
+        times.append(time.perf_counter() - started)
+    return stats_ms(times)[0]
+
+
+def mask_encoding_rows(engine: str, checkpoint: Path, image_path: Path) -> dict:
+    """Encoding cost of the random-weight model's mask vs a real COCO object mask of the same size."""
+    from backend.engines import load_segmenter
+    from backend.prompts import Prompt
+    from backend.settings import Settings
+    from common import SHARED_IMAGES
+
+    segmenter = load_segmenter(Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False))
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    height, width = image.shape[:2]
+    noise = segmenter.decode(segmenter.embed(image), Prompt(points=np.array([[width / 2, height / 2]], np.float32),
+                                                            labels=np.array([1]))).mask
+    gt_files = sorted((SHARED_IMAGES.parent / "gt").glob("*.png"))
+    if gt_files:
+        obj = np.asarray(Image.open(gt_files[0]).resize((width, height), Image.NEAREST)) > 127
+    else:
+        yy, xx = np.mgrid[:height, :width]
+        obj = (xx - width / 2) ** 2 + (yy - height / 2) ** 2 < (min(width, height) / 4) ** 2
+
+    def runs(mask):
+        flat = mask.ravel()
+        return int((flat[1:] != flat[:-1]).sum()) + 1
+
+    return {"noise runs": runs(noise), "noise ms": encoding_ms(noise), "object runs": runs(obj),
+            "object ms": encoding_ms(obj)}
+
+
+def run_engine(engine: str, args, workdir: Path, images_dir: Path, base_url: str) -> tuple[list[dict], dict | None]:
+    checkpoint = random_checkpoint(engine, workdir)
+    rows, memory = [], None
+    cold_count = 2 if engine in ("vit_b", "vit_l", "vit_h") else 5
+    env = {"SAM_ENGINE": engine, "SAM_CHECKPOINT": str(checkpoint)}
+    with backend_server(env, workdir) as (url, pid):
+        for size in args.sizes:
+            paths = bench_images(images_dir, cold_count, size)
+            width, height = image_size(paths[0])
+            rng = np.random.default_rng(0)
+            cold = []
+            for path in paths:
+                body = click_body(f"{base_url}/{path.name}", width, height, 50, 50)
+                started = time.perf_counter()
+                response = requests.post(url + "/predict", json=body, timeout=600)
+                cold.append(time.perf_counter() - started)
+                response.raise_for_status()
+            warm = []
+            for _ in range(args.clicks):
+                x, y = rng.uniform(10, 90, 2)
+                body = click_body(f"{base_url}/{paths[0].name}", width, height, x, y)
+                started = time.perf_counter()
+                response = requests.post(url + "/predict", json=body, timeout=600)
+                warm.append(time.perf_counter() - started)
+                response.raise_for_status()
+            rows.append({"engine": engine, "image": f"{width}x{height}", "warm": stats_ms(warm), "cold": stats_ms(cold),
+                         "path": paths[0], "checkpoint": checkpoint})
+        if engine == "vit_t" and args.cached:
+            paths = bench_images(images_dir / "many", args.cached, 1024)
+            for path in paths:
+                width, height = image_size(path)
+                requests.post(url + "/predict", json=click_body(f"{base_url}/many/{path.name}", width, height, 50, 50),
+                              timeout=600).raise_for_status()
+            cache = requests.get(url + "/metrics", timeout=10).json()["cache"]
+            memory = {"engine": engine, "cached embeddings": cache["items"],
+                      "cache MiB": round(cache["bytes"] / 2**20), "worker peak RSS MiB": round(worker_peak_rss_mb(pid))}
+    encoding_rows = []
+    for row in rows:
+        path = row.pop("path")
+        bare, ours = bare_decoder_ms(engine, checkpoint, path, args.clicks)
+        enc = mask_encoding_rows(engine, checkpoint, path)
+        warm_median, warm_p95 = row.pop("warm")
+        row.update({"warm median ms": f"{warm_median:.1f}", "warm p95 ms": f"{warm_p95:.1f}",
+                    "bare decoder ms": f"{bare:.1f}", "ratio warm/bare": f"{warm_median / bare:.2f}",
+                    "engine decode ms": f"{ours:.1f}", "cold median ms": f"{row.pop('cold')[0]:.0f}"})
+        adjusted = warm_median - enc["noise ms"] + enc["object ms"]
+        encoding_rows.append({"engine": engine, "image": row["image"],
+                              "noise mask runs / encode ms": f"{enc['noise runs']} / {enc['noise ms']:.1f}",
+                              "object mask runs / encode ms": f"{enc['object runs']} / {enc['object ms']:.1f}",
+                              "warm median, object mask (derived) ms": f"{adjusted:.1f}",
+                              "ratio to bare (derived)": f"{adjusted / bare:.2f}"})
+        row.pop("checkpoint")
+    return rows, encoding_rows, memory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", nargs="+", default=["vit_t", "vit_b"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[1024, 2048])
+    parser.add_argument("--clicks", type=int, default=40)
+    parser.add_argument("--cached", type=int, default=100, help="distinct images embedded for the memory figure")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        images_dir = workdir / "images"
+        images_dir.mkdir()
+        rows, encodings, memories = [], [], []
+        with static_server(images_dir) as base_url:
+            for engine in args.engines:
+                engine_rows, encoding_rows, memory = run_engine(engine, args, workdir, images_dir, base_url)
+                rows += engine_rows
+                encodings += encoding_rows
+                memories += [memory] if memory else []
+        print()
+        print_table(rows, ["engine", "image", "warm median ms", "warm p95 ms", "bare decoder ms", "ratio warm/bare",
+                           "engine decode ms", "cold median ms"])
+        print()
+        print_table(encodings, list(encodings[0]))
+        if memories:
+            print()
+            print_table(memories, list(memories[0]))
+
+
+if __name__ == "__main__":
+    main()
