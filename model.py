@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from backend.annotations import AnnotationStore
 from backend.errors import InputError
 from backend.interactive import get_segmentation
 from backend.label_config import parse_label_config
@@ -37,6 +38,18 @@ class SamBackend(LabelStudioMLBase):
         return [get_segmentation().predict(tasks[0], context, config, self.model_version)]
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:
+        """Keep the team's annotations for training (created/updated saved, deleted removed)."""
         annotation = data.get("annotation") or {}
-        logger.info("project %s: %s for annotation %s", self.project_id, event, annotation.get("id"))
-        return {"event": event, "annotation": annotation.get("id")}
+        store = AnnotationStore(get_settings().model_dir)
+        get_segmentation().counters.add("fit_events")
+        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            if annotation.get("was_cancelled"):
+                return {"event": event, "annotation": annotation.get("id"), "stored": False, "reason": "skipped task"}
+            path = store.save(self.project_id, data.get("task") or {}, annotation)
+            logger.info("project %s: %s annotation %s kept in %s", self.project_id, event, annotation.get("id"), path)
+            return {"event": event, "annotation": annotation.get("id"), "stored": True}
+        if event in ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED"):
+            ids = [a.get("id") for a in data.get("annotations") or [annotation] if isinstance(a, dict)]
+            removed = [i for i in ids if isinstance(i, int) and store.delete(self.project_id, i)]
+            return {"event": event, "annotations": ids, "removed": removed}
+        return {"event": event, "annotations": len(store.load(self.project_id))}

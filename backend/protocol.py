@@ -21,7 +21,10 @@ from .settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
+# label-studio-ml's events, plus ANNOTATIONS_DELETED: what Label Studio sends when annotations are deleted.
+TRAIN_EVENTS = (
+    "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED", "START_TRAINING",
+)
 
 
 def error_response(error: Exception) -> tuple[Response, int]:

@@ -1,38 +1,11 @@
 """The backend served the way it runs in production: gunicorn, real HTTP, a separate process."""
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 import requests
 
 from backend.mask_encoding import rle_to_mask
 from tests.helpers import data_uri, disk_image, encode_image, free_port, iou, keypoint, predict_body, sam_env
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def start_gunicorn(env: dict, tmp_path: Path):
-    port = free_port()
-    log = open(tmp_path / "gunicorn.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
-         "--timeout", "120", "_wsgi:app"],
-        cwd=ROOT, env={**os.environ, **env, "MODEL_DIR": str(tmp_path), "IMAGE_CACHE_DIR": str(tmp_path / "img")},
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if requests.get(url + "/health", timeout=5).ok:
-                return proc, url
-        except requests.RequestException:  # refused, or accepted while the workers still import
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail("gunicorn did not start: " + (tmp_path / "gunicorn.log").read_text())
+from tests.processes import start_gunicorn, stop
 
 
 @pytest.fixture
@@ -40,14 +13,13 @@ def served(tmp_path, tiny_checkpoints, redis_url):
     procs = []
 
     def serve(env):
-        proc, url = start_gunicorn(env, tmp_path)
-        procs.append(proc)
-        return url
+        port = free_port()
+        procs.append(start_gunicorn(env, tmp_path, port))
+        return f"http://127.0.0.1:{port}"
 
     yield serve
     for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop(proc)
 
 
 def test_gunicorn_grabcut_mask_covers_object(served):

@@ -140,15 +140,30 @@ def test_unexpected_failure_is_500_json_and_logged(grabcut_client, monkeypatch, 
     assert "boom" in caplog.text
 
 
-def test_webhook_reaches_fit(grabcut_client):
+def test_webhook_reaches_fit_which_keeps_the_annotation(grabcut_client, tmp_path):
+    from backend.annotations import AnnotationStore
+
+    result = [{"type": "brushlabels", "value": {"format": "rle", "rle": [1, 2], "brushlabels": ["Disk"]}}]
     payload = {"action": "ANNOTATION_CREATED", "project": {"id": 4, "label_config": LABEL_CONFIG},
-               "annotation": {"id": 17, "result": []}, "task": {"id": 1, "data": {"image": IMAGE_URL}}}
+               "annotation": {"id": 17, "result": result}, "task": {"id": 1, "data": {"image": IMAGE_URL}}}
     response = grabcut_client.post("/webhook", json=payload)
-    assert response.status_code == 201 and response.json == {"event": "ANNOTATION_CREATED", "annotation": 17}
+    assert response.status_code == 201
+    assert response.json == {"event": "ANNOTATION_CREATED", "annotation": 17, "stored": True}
+    [kept] = AnnotationStore(tmp_path / "models").load("4")
+    assert kept.result == result and kept.task["data"]["image"] == IMAGE_URL
+    deleted = {"action": "ANNOTATIONS_DELETED", "project": payload["project"], "annotations": [{"id": 17}]}
+    assert grabcut_client.post("/webhook", json=deleted).json["removed"] == [17]
+    assert AnnotationStore(tmp_path / "models").load("4") == []
+    cancelled = {**payload, "action": "ANNOTATION_CREATED", "annotation": {"id": 18, "was_cancelled": True}}
+    assert grabcut_client.post("/webhook", json=cancelled).json["stored"] is False
     response = grabcut_client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 4}})
     assert response.status_code == 200 and response.json["status"] == "Unknown event"
     response = grabcut_client.post("/webhook", json={"action": "ANNOTATION_CREATED"})
     assert response.status_code == 400 and "project" in response.json["error"]
+    broken = {**payload, "action": "ANNOTATION_CREATED", "task": None}
+    response = grabcut_client.post("/webhook", json=broken)
+    assert response.status_code == 400 and "task data" in response.json["error"]
+    assert grabcut_client.get("/metrics").json["counts"]["fit_events"] == 4
 
 
 def test_versions_and_metrics(grabcut_client):

@@ -1,0 +1,86 @@
+"""The project's annotations as `fit` receives them: one JSON file per annotation, written atomically.
+
+Label Studio's webhook sends each created/updated annotation with its task; `fit` keeps them here
+(MODEL_DIR/projects/<id>/annotations/<annotation id>.json) so that training can read the team's
+labels without calling back into Label Studio. A deleted annotation removes its file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class StoredAnnotation:
+    task: dict
+    annotation: dict
+
+    @property
+    def result(self) -> list[dict]:
+        return list(self.annotation.get("result") or [])
+
+
+class AnnotationStore:
+    """Per-project annotation files under `root`."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def folder(self, project_id: str) -> Path:
+        if not str(project_id).isdigit():
+            raise InputError(f"project id must be a number, got {project_id!r}", "project")
+        return self.root / "projects" / str(project_id) / "annotations"
+
+    def save(self, project_id: str, task: dict, annotation: dict) -> Path:
+        annotation_id = annotation.get("id")
+        if not isinstance(annotation_id, int):
+            raise InputError("the annotation has no integer 'id'", "annotation")
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise InputError(f"annotation {annotation_id} comes without its task data", "task")
+        path = self.folder(project_id) / f"{annotation_id}.json"
+        write_atomic(path, json.dumps({"task": task, "annotation": annotation}).encode())
+        return path
+
+    def delete(self, project_id: str, annotation_id: int) -> bool:
+        path = self.folder(project_id) / f"{int(annotation_id)}.json"
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        return existed
+
+    def load(self, project_id: str) -> list[StoredAnnotation]:
+        """All stored annotations of a project, oldest annotation id first; unreadable files are skipped."""
+        folder = self.folder(project_id)
+        if not folder.is_dir():
+            return []
+        items = []
+        for path in sorted(folder.glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1):
+            try:
+                raw = json.loads(path.read_text())
+                items.append(StoredAnnotation(task=raw["task"], annotation=raw["annotation"]))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("skipping unreadable annotation file %s: %s", path, exc)
+        return items

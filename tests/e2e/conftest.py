@@ -1,0 +1,105 @@
+"""A real Label Studio server (own virtual environment), the backend under gunicorn, and Redis.
+
+`./run test` installs Label Studio into `.venv-ls`; these fixtures start it on a free loopback port
+with a fresh database and a user + API token made at start, and stop everything afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from label_studio_sdk import LabelStudio
+
+from tests.helpers import disk_image, encode_image, free_port
+from tests.processes import ROOT, start_gunicorn, start_server, stop
+
+LABEL_STUDIO = ROOT / ".venv-ls" / "bin" / "label-studio"
+LABEL_CONFIG = (ROOT / "label_config.xml").read_text()
+
+
+@dataclass
+class LabelStudioServer:
+    url: str
+    token: str
+    email: str
+    password: str
+    client: LabelStudio
+
+
+@dataclass
+class Backend:
+    url: str
+    model_dir: Path
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory) -> LabelStudioServer:
+    if not LABEL_STUDIO.exists():
+        pytest.fail(f"Label Studio is not installed in {LABEL_STUDIO.parent.parent}: run ./run test (it installs it)")
+    folder = tmp_path_factory.mktemp("label-studio")
+    port, token = free_port(), secrets.token_hex(20)
+    email, password = "annotator@example.com", secrets.token_urlsafe(12)
+    env = {
+        "LABEL_STUDIO_USERNAME": email, "LABEL_STUDIO_PASSWORD": password, "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LABEL_STUDIO_BASE_DATA_DIR": str(folder),
+        "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false", "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",
+    }
+    cmd = [str(LABEL_STUDIO), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(cmd, env, folder / "label-studio.log", url + "/health", timeout=240, cwd=folder)
+    yield LabelStudioServer(url, token, email, password, LabelStudio(base_url=url, api_key=token))
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def backend(label_studio, redis_url, tmp_path_factory) -> Backend:
+    """The backend under gunicorn (2 workers sharing Redis) on the weight-free GrabCut engine.
+
+    GrabCut is the engine whose masks are right without downloaded weights, so the tests can check
+    that a click really gives the object's region; the SAM path itself is covered by tests/test_*.
+    """
+    folder = tmp_path_factory.mktemp("backend")
+    port = free_port()
+    env = {"SAM_ENGINE": "grabcut", "REDIS_URL": redis_url, "LABEL_STUDIO_URL": label_studio.url,
+           "LABEL_STUDIO_API_KEY": label_studio.token, "LOG_LEVEL": "INFO"}
+    proc = start_gunicorn(env, folder, port)
+    yield Backend(f"http://127.0.0.1:{port}", folder / "models")
+    stop(proc)
+
+
+def upload_images(server, project_id: int, images: list[tuple[str, np.ndarray]]) -> None:
+    """Upload PNG files the way a user drops them into the import dialog."""
+    files = [("file", (name, encode_image(image), "image/png")) for name, image in images]
+    response = requests.post(f"{server.url}/api/projects/{project_id}/import", files=files,
+                             headers={"Authorization": f"Token {server.token}"}, timeout=60)
+    assert response.status_code == 201, response.text
+
+
+@pytest.fixture
+def project(label_studio, backend):
+    """A project with the repository's label_config.xml, two uploaded images, and this backend connected."""
+    client = label_studio.client
+    project = client.projects.create(title="SAM backend e2e", label_config=LABEL_CONFIG)
+    truths = {}
+    for index, center in enumerate([(0.4, 0.5), (0.62, 0.45)]):
+        image, mask = disk_image(width=320, height=240, center=center, seed=index)
+        upload_images(label_studio, project.id, [(f"disk{index}.png", image)])
+        truths[f"disk{index}.png"] = mask
+    tasks = sorted(client.tasks.list(project=project.id), key=lambda t: t.id)
+    masks = {t.id: next(m for name, m in truths.items() if t.data["image"].endswith(name)) for t in tasks}
+    ml = client.ml.create(url=backend.url, project=project.id, is_interactive=True, title="SAM")
+    assert ml.readable_state == "Connected", ml
+    yield project, tasks, masks, ml
+    client.projects.delete(id=project.id)
