@@ -8,11 +8,22 @@ from pathlib import Path
 from backend.annotations import AnnotationStore
 from backend.errors import InputError
 from backend.interactive import get_segmentation
+from backend.jobs import get_queue
 from backend.label_config import parse_label_config
 from backend.ml_base import LabelStudioMLBase
+from backend.model_versions import ModelVersions
 from backend.settings import get_settings
 
 logger = logging.getLogger(__name__)
+
+
+def model_version_for(project_id: str) -> str:
+    """The base version, plus the project's active fine-tuned decoder version (e.g. 'vit_t-mobile_sam-v3')."""
+    base = base_model_version()
+    if not str(project_id).isdigit() or get_settings().sam_engine == "grabcut":
+        return base
+    active = ModelVersions(get_settings().model_dir, project_id).active()
+    return f"{base}-{active.name}" if active else base
 
 
 def base_model_version() -> str:
@@ -27,7 +38,7 @@ class SamBackend(LabelStudioMLBase):
     """Interactive segmentation: KeyPointLabels / RectangleLabels prompts in, BrushLabels or PolygonLabels out."""
 
     def setup(self) -> None:
-        self.set("model_version", base_model_version())
+        self.set("model_version", model_version_for(self.project_id))
 
     def predict(self, tasks: list[dict], context: dict | None = None, **kwargs) -> list[dict]:
         config = parse_label_config(self.label_config)
@@ -35,21 +46,44 @@ class SamBackend(LabelStudioMLBase):
             return []  # batch pre-annotation without prompts: nothing to segment yet
         if len(tasks) != 1:
             raise InputError(f"an interactive request carries exactly one task, got {len(tasks)}", "tasks")
-        return [get_segmentation().predict(tasks[0], context, config, self.model_version)]
+        return [get_segmentation().predict(tasks[0], context, config, base_model_version(), self.project_id)]
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:
-        """Keep the team's annotations for training (created/updated saved, deleted removed)."""
+        """Keep the team's annotations; every TRAIN_EVERY of them (or START_TRAINING) queue a fine-tuning job."""
+        settings = get_settings()
         annotation = data.get("annotation") or {}
-        store = AnnotationStore(get_settings().model_dir)
+        store = AnnotationStore(settings.model_dir)
         get_segmentation().counters.add("fit_events")
-        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-            if annotation.get("was_cancelled"):
-                return {"event": event, "annotation": annotation.get("id"), "stored": False, "reason": "skipped task"}
-            path = store.save(self.project_id, data.get("task") or {}, annotation)
-            logger.info("project %s: %s annotation %s kept in %s", self.project_id, event, annotation.get("id"), path)
-            return {"event": event, "annotation": annotation.get("id"), "stored": True}
         if event in ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED"):
             ids = [a.get("id") for a in data.get("annotations") or [annotation] if isinstance(a, dict)]
             removed = [i for i in ids if isinstance(i, int) and store.delete(self.project_id, i)]
             return {"event": event, "annotations": ids, "removed": removed}
-        return {"event": event, "annotations": len(store.load(self.project_id))}
+        response: dict = {"event": event}
+        if event in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+            response["annotation"] = annotation.get("id")
+            if annotation.get("was_cancelled"):
+                return {**response, "stored": False, "reason": "skipped task"}
+            path = store.save(self.project_id, data.get("task") or {}, annotation, self._image_key())
+            logger.info("project %s: %s annotation %s kept in %s", self.project_id, event, annotation.get("id"), path)
+            response["stored"] = True
+            self.set("new_annotations", self.get("new_annotations", 0) + 1)
+            due = settings.train_every > 0 and self.get("new_annotations") >= settings.train_every
+        else:  # START_TRAINING (the "Start training" button)
+            due = True
+        if due and settings.sam_engine != "grabcut":
+            self.set("new_annotations", 0)
+            response["job"] = get_queue().enqueue("backend.training.train_project", self.project_id)
+        return response
+
+    def versions(self) -> list[str]:
+        """The base model and the project's fine-tuned versions, oldest first."""
+        base = base_model_version()
+        if not self.project_id.isdigit():
+            return [base]
+        return [base] + [f"{base}-{v.name}" for v in ModelVersions(get_settings().model_dir, self.project_id).list()]
+
+    def _image_key(self) -> str:
+        try:
+            return parse_label_config(self.label_config).image_key
+        except InputError:
+            return "image"

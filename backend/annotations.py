@@ -38,6 +38,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 class StoredAnnotation:
     task: dict
     annotation: dict
+    image_key: str = "image"  # the task data field of the <Image> the annotation labels
 
     @property
     def result(self) -> list[dict]:
@@ -55,14 +56,14 @@ class AnnotationStore:
             raise InputError(f"project id must be a number, got {project_id!r}", "project")
         return self.root / "projects" / str(project_id) / "annotations"
 
-    def save(self, project_id: str, task: dict, annotation: dict) -> Path:
+    def save(self, project_id: str, task: dict, annotation: dict, image_key: str = "image") -> Path:
         annotation_id = annotation.get("id")
         if not isinstance(annotation_id, int):
             raise InputError("the annotation has no integer 'id'", "annotation")
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise InputError(f"annotation {annotation_id} comes without its task data", "task")
         path = self.folder(project_id) / f"{annotation_id}.json"
-        write_atomic(path, json.dumps({"task": task, "annotation": annotation}).encode())
+        write_atomic(path, json.dumps({"task": task, "annotation": annotation, "image_key": image_key}).encode())
         return path
 
     def delete(self, project_id: str, annotation_id: int) -> bool:
@@ -80,7 +81,7 @@ class AnnotationStore:
         for path in sorted(folder.glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1):
             try:
                 raw = json.loads(path.read_text())
-                items.append(StoredAnnotation(task=raw["task"], annotation=raw["annotation"]))
+                items.append(StoredAnnotation(raw["task"], raw["annotation"], raw.get("image_key", "image")))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 logger.warning("skipping unreadable annotation file %s: %s", path, exc)
         return items

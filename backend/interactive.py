@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,8 +16,9 @@ from .errors import InputError
 from .images import TaskImage, read_task_image
 from .label_config import LabelConfig
 from .mask_encoding import mask_results
+from .model_versions import ModelVersions
 from .prompts import ContextPrompt, Prompt, parse_context
-from .segmenter import Embedding, MaskResult
+from .segmenter import Embedding, MaskResult, Segmenter
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,29 @@ class InteractiveSegmentation:
         self.counters = Counters()
         self._inflight: dict[str, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
+        self._tuned: OrderedDict[tuple, Segmenter] = OrderedDict()
+        self._tuned_lock = threading.Lock()
+
+    def segmenter_for(self, project_id: str = "") -> Segmenter:
+        """The project's active fine-tuned segmenter (see `fit`), else the base engine."""
+        base = self.engine.get()
+        if not str(project_id).isdigit() or not hasattr(base, "with_decoder"):
+            return base
+        versions = ModelVersions(self.settings.model_dir, project_id)
+        active = versions.active()
+        if active is None:
+            return base
+        key = (project_id, active.name, active.weights.stat().st_mtime_ns)
+        with self._tuned_lock:
+            if key in self._tuned:
+                self._tuned.move_to_end(key)
+                return self._tuned[key]
+        tuned = base.with_decoder(versions.load_weights(active), active.name)
+        with self._tuned_lock:
+            self._tuned[key] = tuned
+            while len(self._tuned) > 8:
+                self._tuned.popitem(last=False)
+        return tuned
 
     def embedding(self, image: TaskImage) -> Embedding:
         """The image's embedding: from the cache, else encoded once (concurrent requests wait for it)."""
@@ -85,28 +109,33 @@ class InteractiveSegmentation:
             self._inflight.pop(key, None)
         return embedding
 
-    def segment(self, image: TaskImage, prompt: ContextPrompt | Prompt) -> MaskResult:
+    def segment(self, image: TaskImage, prompt: ContextPrompt | Prompt,
+                segmenter: Segmenter | None = None) -> MaskResult:
         """The mask for a prompt on an image (percent prompts are mapped to the image's pixels)."""
         embedding = self.embedding(image)
         height, width = embedding.original_size
         if isinstance(prompt, ContextPrompt):
             prompt = prompt.to_prompt(width, height)
         started = time.perf_counter()
-        result = self.engine.get().decode(embedding, prompt)
+        result = (segmenter or self.engine.get()).decode(embedding, prompt)
         self.counters.add("decoder_runs", time.perf_counter() - started)
         return result
 
-    def predict(self, task: dict, context: object, config: LabelConfig, model_version: str) -> dict:
-        """The prediction for one interactive request on one task."""
+    def predict(self, task: dict, context: object, config: LabelConfig, model_version: str,
+                project_id: str = "") -> dict:
+        """The prediction for one interactive request on one task (the project's fine-tuned decoder if any)."""
         prompt = parse_context(context)
         control, label = config.output_for(prompt.label)
         url, task_id = task_image_url(task, config)
         image = read_task_image(url, self.settings, task_id)
-        result = self.segment(image, prompt)
+        segmenter = self.segmenter_for(project_id)
+        result = self.segment(image, prompt, segmenter)
         if not np.any(result.mask):
             logger.info("task %s: the prompt gave an empty mask", task_id)
         items = mask_results(result.mask, result.score, control, label, self.settings.polygon_epsilon)
-        return {"result": items, "score": result.score, "model_version": model_version}
+        version = getattr(segmenter, "version", None)
+        return {"result": items, "score": result.score,
+                "model_version": f"{model_version}-{version}" if version else model_version}
 
 
 _instance: InteractiveSegmentation | None = None

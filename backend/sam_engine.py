@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections import OrderedDict
@@ -44,16 +45,31 @@ class SamSegmenter:
 
     contexts_kept = 4
 
-    def __init__(self, model: Sam, name: str, device: torch.device):
+    def __init__(self, model: Sam, name: str, device: torch.device, fingerprint: str | None = None):
         self.model = model.to(device).eval()
         self.name = name
         self.device = device
+        self.version: str | None = None  # a fine-tuned decoder's version name
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
-        self.fingerprint = f"{name}-{weights_fingerprint(model.image_encoder)}"
+        self.fingerprint = fingerprint or f"{name}-{weights_fingerprint(model.image_encoder)}"
         with torch.inference_mode():
             self.fast = FastMaskDecoder(self.model)
         self._contexts: OrderedDict[int, tuple[np.ndarray, ImageContext]] = OrderedDict()
         self._contexts_lock = threading.Lock()
+
+    def with_decoder(self, decoder_state: dict, version: str) -> SamSegmenter:
+        """The same encoders with another (fine-tuned) mask decoder; embeddings stay shareable."""
+        model = Sam(
+            image_encoder=self.model.image_encoder,
+            prompt_encoder=self.model.prompt_encoder,
+            mask_decoder=copy.deepcopy(self.model.mask_decoder),
+            pixel_mean=self.model.pixel_mean.flatten().tolist(),
+            pixel_std=self.model.pixel_std.flatten().tolist(),
+        )
+        model.mask_decoder.load_state_dict(decoder_state, strict=True)
+        tuned = SamSegmenter(model, self.name, self.device, fingerprint=self.fingerprint)
+        tuned.version = version
+        return tuned
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:

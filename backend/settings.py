@@ -44,6 +44,9 @@ class Settings:
     max_image_pixels: int = 200_000_000  # larger images are refused
     download_timeout: float = 30.0  # seconds for one image download
     polygon_epsilon: float = 1.5  # contour simplification tolerance, in pixels
+    train_every: int = 10  # start a fine-tuning job after every N new/updated annotations (0: only START_TRAINING)
+    train_epochs: int = 20  # upper bound; early stopping usually ends sooner
+    job_timeout: int = 6 * 3600  # seconds an RQ job may run
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
     log_level: str = "INFO"

@@ -1,0 +1,50 @@
+"""The job queue: in-process by default, RQ with a real redis-server and a real `rq worker` process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from backend.annotations import AnnotationStore
+from backend.jobs import InProcessQueue, RedisQueue
+from backend.model_versions import ModelVersions
+from tests.helpers import data_uri, encode_image, sam_env
+from tests.processes import ROOT
+from tests.test_training import brush, disks
+
+
+def test_in_process_queue_reports_a_failed_job_and_runs_the_next():
+    queue = InProcessQueue()
+    bad = queue.enqueue("json.loads", "{not json")
+    good = queue.enqueue("json.loads", '{"ok": 1}')
+    assert queue.wait(good, timeout=10) == {"ok": 1}
+    status = queue.status(bad)
+    assert status["status"] == "failed" and "JSONDecodeError" in status["error"]
+    assert queue.status("nope")["status"] == "unknown"
+
+
+def rq_worker(redis_url: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    rq = Path(sys.executable).with_name("rq")
+    return subprocess.run([str(rq), "worker", "backend", "--burst", "--url", redis_url], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def test_training_job_runs_on_an_rq_worker_process(tiny_checkpoints, redis_url, tmp_path):
+    model_dir = tmp_path / "models"
+    store = AnnotationStore(model_dir)
+    for index, (image, mask) in enumerate(disks(5, seed=4), start=1):
+        store.save("12", {"id": index, "data": {"image": data_uri(encode_image(image))}},
+                   {"id": index, "result": [brush(mask)]})
+    queue = RedisQueue(redis_url, timeout=600)
+    job = queue.enqueue("backend.training.train_project", "12")
+    assert queue.status(job)["status"] == "queued"
+    env = {**sam_env("vit_b", tiny_checkpoints["vit_b"]), "MODEL_DIR": str(model_dir), "REDIS_URL": redis_url,
+           "TRAIN_EPOCHS": "2", "IMAGE_CACHE_DIR": str(tmp_path / "images")}
+    worker = rq_worker(redis_url, env)
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    status = queue.status(job)
+    assert status["status"] == "finished", (status, worker.stderr[-3000:])
+    assert status["result"]["version"] == "v1"
+    assert [v.name for v in ModelVersions(model_dir, "12").list()] == ["v1"]

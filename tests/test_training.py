@@ -1,0 +1,116 @@
+"""`fit` learns: a fine-tuned decoder beats the base one on held-out images of the same kind."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import mask2rle
+
+from backend.annotations import AnnotationStore
+from backend.clicks import next_click
+from backend.images import read_task_image
+from backend.model_versions import ModelVersions
+from backend.prompts import Prompt
+from backend.training import TrainingConfig, train_project
+from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, iou, sam_env
+
+PROJECT = "7"
+
+
+def brush(mask: np.ndarray, height: int | None = None, width: int | None = None) -> dict:
+    h, w = mask.shape
+    return {"type": "brushlabels", "from_name": "tag", "to_name": "image", "original_height": height or h,
+            "original_width": width or w, "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255),
+                                                    "brushlabels": ["Disk"]}}
+
+
+def disks(count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [disk_image(width=160, height=120, center=(rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7)),
+                       radius=rng.uniform(0.2, 0.35), seed=int(rng.integers(1 << 30))) for _ in range(count)]
+
+
+def first_click_iou(service, project: str, samples) -> float:
+    from backend.settings import get_settings
+
+    segmenter = service.segmenter_for(project)
+    scores = []
+    for image, mask in samples:
+        embedding = service.embedding(read_task_image(data_uri(encode_image(image)), get_settings()))
+        click = next_click(None, mask)
+        prompt = Prompt(points=np.array([[click.x + 0.5, click.y + 0.5]], np.float32), labels=np.array([1]))
+        scores.append(iou(segmenter.decode(embedding, prompt).mask, mask))
+    return float(np.mean(scores))
+
+
+@pytest.fixture
+def tiny_sam_service(configure, tiny_checkpoints, tmp_path):
+    configure(**sam_env("vit_b", tiny_checkpoints["vit_b"]))
+    from backend.interactive import get_segmentation
+
+    return get_segmentation(), tmp_path / "models"
+
+
+def test_fine_tuning_raises_iou_on_held_out_images_and_skips_bad_annotations(tiny_sam_service, caplog):
+    service, model_dir = tiny_sam_service
+    store = AnnotationStore(model_dir)
+    for index, (image, mask) in enumerate(disks(10, seed=1), start=1):
+        task = {"id": index, "data": {"image": data_uri(encode_image(image))}}
+        store.save(PROJECT, task, {"id": index, "result": [brush(mask)]})
+    image, mask = disk_image(width=160, height=120)
+    task = {"id": 99, "data": {"image": data_uri(encode_image(image))}}
+    store.save(PROJECT, task, {"id": 98, "result": [brush(np.zeros_like(mask))]})  # empty
+    store.save(PROJECT, task, {"id": 99, "result": [brush(mask, height=240, width=320)]})  # wrong size
+    held_out = disks(6, seed=2)
+    before = first_click_iou(service, PROJECT, held_out)
+
+    with caplog.at_level(logging.WARNING):
+        report = train_project(PROJECT, TrainingConfig(epochs=6, patience=3, learning_rate=3e-4))
+    assert report["status"] == "trained" and report["active"], report
+    assert any("98" in s and "empty mask" in s for s in report["skipped"])
+    assert any("99" in s and "image is 160x120" in s for s in report["skipped"])
+    assert "empty mask" in caplog.text
+    assert report["val_iou_after"] > report["val_iou_before"]
+
+    after = first_click_iou(service, PROJECT, held_out)
+    print(f"held-out first-click IoU: base {before:.3f}, fine-tuned {after:.3f}")
+    assert after > before + 0.05, (before, after)
+    versions = ModelVersions(model_dir, PROJECT)
+    assert [v.name for v in versions.list()] == ["v1"] and versions.active().name == "v1"
+
+    versions.activate(None)  # roll back to the base decoder
+    assert abs(first_click_iou(service, PROJECT, held_out) - before) < 1e-6
+
+
+def annotation_event(index: int, image: np.ndarray, mask: np.ndarray) -> dict:
+    return {"action": "ANNOTATION_CREATED", "project": {"id": int(PROJECT), "label_config": LABEL_CONFIG},
+            "task": {"id": index, "data": {"image": data_uri(encode_image(image))}},
+            "annotation": {"id": index, "result": [brush(mask)]}}
+
+
+def test_webhook_annotations_start_a_background_training_that_predict_then_uses(
+        configure, tiny_checkpoints, tmp_path):
+    configure(**sam_env("vit_b", tiny_checkpoints["vit_b"]), TRAIN_EVERY="5", TRAIN_EPOCHS="3")
+    from backend.jobs import get_queue, reset_queue
+
+    reset_queue()
+    import _wsgi
+
+    client = _wsgi.app.test_client()
+    setup = {"project": f"{PROJECT}.1700000000", "schema": LABEL_CONFIG}
+    base = client.post("/setup", json=setup).json["model_version"]
+    jobs = []
+    for index, (image, mask) in enumerate(disks(5, seed=3), start=1):
+        response = client.post("/webhook", json=annotation_event(index, image, mask))
+        assert response.status_code == 201 and response.json["stored"] is True
+        jobs += [response.json["job"]] if "job" in response.json else []
+    assert len(jobs) == 1  # the 5th annotation started one training
+    result = get_queue().wait(jobs[0], timeout=300)
+    assert result["status"] == "trained" and result["version"] == "v1", result
+    assert client.get(f"/versions?project={PROJECT}").json["versions"] == [base, f"{base}-v1"]
+    expected = f"{base}-v1" if result["active"] else base
+    assert client.post("/setup", json=setup).json["model_version"] == expected
+    assert get_queue().status(jobs[0])["status"] == "finished"
+    reset_queue()
