@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 
+from backend import job_routes
 from backend.interactive import get_segmentation
 from backend.protocol import create_app
 from backend.settings import get_settings
@@ -28,6 +29,7 @@ def _metrics() -> dict:
 
 
 app = create_app(SamBackend, health_extra=_health, metrics_extra=_metrics)
+job_routes.register(app)
 
 
 def main() -> None:

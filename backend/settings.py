@@ -44,6 +44,9 @@ class Settings:
     max_image_pixels: int = 200_000_000  # larger images are refused
     download_timeout: float = 30.0  # seconds for one image download
     polygon_epsilon: float = 1.5  # contour simplification tolerance, in pixels
+    depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"  # hub id or save_pretrained folder
+    output_dir: str = "data/outputs"  # generated files (depth maps, synthetic images)
+    output_url: str = ""  # URL prefix OUTPUT_DIR is served under; empty: Label Studio local-files URLs
     train_every: int = 10  # start a fine-tuning job after every N new/updated annotations (0: only START_TRAINING)
     train_epochs: int = 20  # upper bound; early stopping usually ends sooner
     job_timeout: int = 6 * 3600  # seconds an RQ job may run

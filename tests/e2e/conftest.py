@@ -15,8 +15,8 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
-from tests.helpers import disk_image, encode_image, free_port
-from tests.processes import ROOT, start_gunicorn, start_server, stop
+from tests.helpers import disk_image, encode_image, free_port, save_tiny_depth_anything
+from tests.processes import ROOT, start_gunicorn, start_rq_worker, start_server, stop
 
 LABEL_STUDIO = ROOT / ".venv-ls" / "bin" / "label-studio"
 LABEL_CONFIG = (ROOT / "label_config.xml").read_text()
@@ -29,6 +29,7 @@ class LabelStudioServer:
     email: str
     password: str
     client: LabelStudio
+    files_root: Path  # LOCAL_FILES_DOCUMENT_ROOT: files below it are served at /data/local-files/?d=...
 
 
 @dataclass
@@ -48,6 +49,8 @@ def label_studio(tmp_path_factory) -> LabelStudioServer:
     if not LABEL_STUDIO.exists():
         pytest.fail(f"Label Studio is not installed in {LABEL_STUDIO.parent.parent}: run ./run test (it installs it)")
     folder = tmp_path_factory.mktemp("label-studio")
+    files_root = folder / "files"
+    files_root.mkdir()
     port, token = free_port(), secrets.token_hex(20)
     email, password = "annotator@example.com", secrets.token_urlsafe(12)
     env = {
@@ -55,17 +58,19 @@ def label_studio(tmp_path_factory) -> LabelStudioServer:
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LABEL_STUDIO_BASE_DATA_DIR": str(folder),
         "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false", "SENTRY_DSN": "",
         "FRONTEND_SENTRY_DSN": "", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "false",
+        "LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
     }
     cmd = [str(LABEL_STUDIO), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     proc = start_server(cmd, env, folder / "label-studio.log", url + "/health", timeout=240, cwd=folder)
-    yield LabelStudioServer(url, token, email, password, LabelStudio(base_url=url, api_key=token))
+    yield LabelStudioServer(url, token, email, password, LabelStudio(base_url=url, api_key=token), files_root)
     stop(proc)
 
 
 @pytest.fixture(scope="session")
 def backend(label_studio, redis_url, tmp_path_factory) -> Backend:
-    """The backend under gunicorn (2 workers sharing Redis) on the weight-free GrabCut engine.
+    """The backend under gunicorn (2 workers sharing Redis) on the weight-free GrabCut engine, with a tiny
+    random-weight Depth Anything, and its output folder inside Label Studio's local-files root.
 
     GrabCut is the engine whose masks are right without downloaded weights, so the tests can check
     that a click really gives the object's region; the SAM path itself is covered by tests/test_*.
@@ -73,9 +78,14 @@ def backend(label_studio, redis_url, tmp_path_factory) -> Backend:
     folder = tmp_path_factory.mktemp("backend")
     port = free_port()
     env = {"SAM_ENGINE": "grabcut", "REDIS_URL": redis_url, "LABEL_STUDIO_URL": label_studio.url,
-           "LABEL_STUDIO_API_KEY": label_studio.token, "LOG_LEVEL": "INFO"}
+           "LABEL_STUDIO_API_KEY": label_studio.token, "LOG_LEVEL": "INFO",
+           "DEPTH_MODEL": str(save_tiny_depth_anything(folder / "depth-model")),
+           "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.files_root),
+           "OUTPUT_DIR": str(label_studio.files_root / "outputs")}
     proc = start_gunicorn(env, folder, port)
+    worker = start_rq_worker(env, folder, redis_url)
     yield Backend(f"http://127.0.0.1:{port}", folder / "models")
+    stop(worker)
     stop(proc)
 
 

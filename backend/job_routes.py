@@ -1,0 +1,36 @@
+"""Routes beyond the label-studio-ml contract: queue depth jobs, and read any job's status."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+
+from .errors import InputError
+from .jobs import get_queue
+
+
+def _ids(value: object, where: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise InputError("must be a list of integer ids", where)
+    return value
+
+
+def register(app: Flask) -> None:
+    @app.post("/depth")
+    def depth():
+        """{"project": 3} or {"tasks": [17, 18]}, optional "image_key", "force": queue depth jobs."""
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not ({"project", "tasks"} & body.keys()):
+            raise InputError('send {"project": ID} or {"tasks": [ID, ...]}', "/depth")
+        image_key, force = str(body.get("image_key", "image")), bool(body.get("force", False))
+        queue = get_queue()
+        if "tasks" in body:
+            jobs = [queue.enqueue("backend.depth.run_depth_task", task, image_key, force)
+                    for task in _ids(body["tasks"], "/depth tasks")]
+        else:
+            [project] = _ids([body["project"]], "/depth project")
+            jobs = [queue.enqueue("backend.depth.run_depth_project", project, image_key, force)]
+        return jsonify({"jobs": jobs, "queue": queue.kind}), 202
+
+    @app.get("/jobs/<job_id>")
+    def job(job_id: str):
+        return jsonify(get_queue().status(job_id))

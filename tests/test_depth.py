@@ -1,0 +1,80 @@
+"""Depth pre-annotation: a tiny Depth Anything saved and loaded like a real one, files and task data."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from backend import depth as depth_module
+from backend.depth import DepthEstimator, depth_for_task
+from backend.errors import BackendError, ImageError, ModelUnavailableError
+from backend.settings import Settings
+from tests.helpers import data_uri, disk_image, encode_image, save_tiny_depth_anything
+
+
+@pytest.fixture(scope="module")
+def tiny_depth(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("depth")
+    return {"relative": save_tiny_depth_anything(folder / "relative"),
+            "metric": save_tiny_depth_anything(folder / "metric", metric=True)}
+
+
+def settings_for(model, tmp_path, **extra) -> Settings:
+    root = tmp_path / "files"
+    return Settings(depth_model=str(model), output_dir=str(root / "outputs"), local_files_document_root=str(root),
+                    image_cache_dir=str(tmp_path / "images"), **extra)
+
+
+def test_relative_depth_is_a_16_bit_png_of_the_images_size_with_a_preview(tiny_depth, tmp_path):
+    settings = settings_for(tiny_depth["relative"], tmp_path)
+    image, _ = disk_image(width=200, height=130)
+    task = {"id": 5, "data": {"image": data_uri(encode_image(image))}}
+    fields = depth_for_task(task, settings)
+    assert fields["depth"] == "/data/local-files/?d=outputs/depth/5_image_preview.png"
+    assert fields["depth_raw"] == "/data/local-files/?d=outputs/depth/5_image.png"
+    raw = cv2.imread(str(tmp_path / "files/outputs/depth/5_image.png"), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw.shape == (130, 200) and raw.max() == 65535 and raw.min() == 0
+    colour = cv2.imread(str(tmp_path / "files/outputs/depth/5_image_preview.png"))
+    assert colour.shape == (130, 200, 3)
+    meta = fields["depth_meta"]
+    assert meta["kind"] == "relative" and meta["min"] < meta["max"] and meta["raw_format"] == "png"
+    json.dumps(fields)  # task data must be JSON
+
+
+def test_metric_depth_is_float_metres_in_npy(tiny_depth, tmp_path):
+    settings = settings_for(tiny_depth["metric"], tmp_path, output_url="http://files.example/out")
+    image, _ = disk_image(width=90, height=60)
+    fields = depth_for_task({"id": 6, "data": {"img": data_uri(encode_image(image))}}, settings, image_key="img")
+    assert fields["depth_raw"] == "http://files.example/out/depth/6_img.npy"
+    values = np.load(tmp_path / "files/outputs/depth/6_img.npy")
+    assert values.dtype == np.float32 and values.shape == (60, 90)
+    assert fields["depth_meta"]["kind"] == "metric" and fields["depth_meta"]["unit"] == "m"
+    assert np.isclose(values.max(), fields["depth_meta"]["max"], atol=1e-5)
+
+
+def test_task_with_depth_is_not_recomputed(tiny_depth, tmp_path):
+    task = {"id": 7, "data": {"image": "data:broken", "depth": "/given/depth.png"}}
+    assert depth_for_task(task, settings_for(tiny_depth["relative"], tmp_path)) is None
+
+
+def test_bad_image_and_unwritable_storage_are_clear_errors(tiny_depth, tmp_path):
+    settings = settings_for(tiny_depth["relative"], tmp_path)
+    with pytest.raises(ImageError, match="not a readable image"):
+        depth_for_task({"id": 8, "data": {"image": "data:image/png;base64,AAAA"}}, settings)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    settings = Settings(depth_model=str(tiny_depth["relative"]), output_dir=str(blocked), output_url="http://x")
+    image, _ = disk_image(width=40, height=30)
+    with pytest.raises(BackendError, match="cannot write") as error:
+        depth_for_task({"id": 9, "data": {"image": data_uri(encode_image(image))}}, settings)
+    assert error.value.where == "OUTPUT_DIR"
+
+
+def test_missing_model_names_the_setting(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="DEPTH_MODEL") as error:
+        DepthEstimator(str(tmp_path / "no-such-model"))
+    assert "Depth-Anything-V2-Small-hf" in str(error.value)
+    depth_module._estimator = None
