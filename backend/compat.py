@@ -2,7 +2,9 @@
 
 They import four torchvision helpers (and MobileSAM four timm helpers) at import time; there is no
 CPU torchvision build beside CPU torch. When the real package is missing or broken, the small
-stand-ins in `backend/_shims/` take its place. Call `install()` before importing either package.
+stand-ins in `backend/_shims/` take its place while `install()` imports both packages, and are then
+taken off sys.path and sys.modules again: other libraries (transformers) must keep seeing "no
+torchvision" and use their own fallbacks. Call `install()` before importing either package.
 """
 
 from __future__ import annotations
@@ -28,10 +30,27 @@ def _importable(name: str) -> bool:
         return False
 
 
+_done: list[str] | None = None
+
+
 def install() -> list[str]:
-    """Put the shims on sys.path for each of torchvision/timm that cannot be imported; return their names."""
+    """Import segment_anything and mobile_sam, with shims for whichever of torchvision/timm is missing."""
+    global _done
+    if _done is not None:
+        return _done
     missing = [name for name in _SHIMMED if not _importable(name)]
-    if missing and str(SHIM_DIR) not in sys.path:
-        sys.path.append(str(SHIM_DIR))
-        logger.debug("using import shims for %s", ", ".join(missing))
-    return missing
+    if not missing:
+        _done = []
+        return _done
+    sys.path.append(str(SHIM_DIR))
+    try:
+        importlib.import_module("segment_anything")
+        importlib.import_module("mobile_sam")
+    finally:
+        sys.path.remove(str(SHIM_DIR))
+        for key in [k for k in sys.modules if k.split(".")[0] in missing]:
+            if str(SHIM_DIR) in (getattr(sys.modules[key], "__file__", None) or ""):
+                del sys.modules[key]
+    logger.debug("imported SAM with import shims for %s", ", ".join(missing))
+    _done = missing
+    return _done
