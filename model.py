@@ -12,6 +12,7 @@ from backend.jobs import get_queue
 from backend.label_config import parse_label_config
 from backend.ml_base import LabelStudioMLBase
 from backend.model_versions import ModelVersions
+from backend.prelabel import predict_tasks
 from backend.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ class SamBackend(LabelStudioMLBase):
 
     def predict(self, tasks: list[dict], context: dict | None = None, **kwargs) -> list[dict]:
         config = parse_label_config(self.label_config)
-        if not context or not context.get("result"):
-            return []  # batch pre-annotation without prompts: nothing to segment yet
+        if not context or not context.get("result"):  # batch pre-annotation: detect the config's categories
+            if get_settings().prelabel_mode == "off":
+                return []
+            return predict_tasks(tasks, config, base_model_version(), self.project_id)
         if len(tasks) != 1:
             raise InputError(f"an interactive request carries exactly one task, got {len(tasks)}", "tasks")
         return [get_segmentation().predict(tasks[0], context, config, base_model_version(), self.project_id)]
@@ -74,6 +77,18 @@ class SamBackend(LabelStudioMLBase):
             self.set("new_annotations", 0)
             response["job"] = get_queue().enqueue("backend.training.train_project", self.project_id)
         return response
+
+    def on_event(self, event: str, data: dict) -> dict | None:
+        """Other webhook events: TASKS_CREATED precomputes the new images' embeddings (PRECOMPUTE_ON_IMPORT)."""
+        if event != "TASKS_CREATED" or not get_settings().precompute_on_import:
+            return None
+        key = self._image_key()
+        urls = [t["data"][key] for t in data.get("tasks") or [] if isinstance(t, dict)
+                and isinstance(t.get("data"), dict) and isinstance(t["data"].get(key), str)]
+        if not urls:
+            return {"event": event, "images": 0}
+        job = get_queue().enqueue("backend.interactive.precompute_embeddings", urls)
+        return {"event": event, "images": len(urls), "job": job}
 
     def versions(self) -> list[str]:
         """The base model and the project's fine-tuned versions, oldest first."""

@@ -138,6 +138,20 @@ class InteractiveSegmentation:
                 "model_version": f"{model_version}-{version}" if version else model_version}
 
 
+def precompute_embeddings(urls: list[str]) -> dict:
+    """Job: embed images ahead of the first click (into the shared cache when Redis is configured)."""
+    service = get_segmentation()
+    done, failed = 0, {}
+    for url in urls:
+        try:
+            service.embedding(read_task_image(url, service.settings))
+            done += 1
+        except Exception as exc:  # one bad image must not stop the rest
+            failed[url[:200]] = str(exc)
+            logger.warning("precomputing the embedding of %s failed: %s", url[:200], exc)
+    return {"embedded": done, "failed": failed}
+
+
 _instance: InteractiveSegmentation | None = None
 _instance_lock = threading.Lock()
 

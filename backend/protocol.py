@@ -116,6 +116,13 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
         data = _json_body()
         event = data.pop("action", None)
         if event not in TRAIN_EVENTS:
+            handler = getattr(model_class, "on_event", None)
+            project = data.get("project")
+            if handler and isinstance(project, dict) and "id" in project:
+                model = model_class(project_id=str(project["id"]), label_config=project.get("label_config"))
+                result = model.on_event(event, data)
+                if result is not None:
+                    return jsonify(result), 201
             return jsonify({"status": "Unknown event", "event": event}), 200
         project = data.get("project")
         if not isinstance(project, dict) or "id" not in project:

@@ -44,6 +44,14 @@ class Settings:
     max_image_pixels: int = 200_000_000  # larger images are refused
     download_timeout: float = 30.0  # seconds for one image download
     polygon_epsilon: float = 1.5  # contour simplification tolerance, in pixels
+    prelabel_mode: str = "categories"  # batch predict without clicks: categories (detector) | everything | off
+    detector_model: str = "google/owlv2-base-patch16-ensemble"  # or IDEA-Research/grounding-dino-tiny, or a folder
+    detector_threshold: float = 0.3  # detections below this score are dropped
+    category_aliases: str = ""  # JSON {"Label": "prompt text" or ["text", ...]} when the label is not a good prompt
+    prompt_field: str = "caption"  # task data field whose text adds prompts (comma separated)
+    max_detections: int = 50  # per image
+    everything_points_per_side: int = 16  # PRELABEL_MODE=everything point grid
+    precompute_on_import: bool = False  # embed new tasks' images in the background (TASKS_CREATED webhook)
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"  # hub id or save_pretrained folder
     output_dir: str = "data/outputs"  # generated files (depth maps, synthetic images)
     output_url: str = ""  # URL prefix OUTPUT_DIR is served under; empty: Label Studio local-files URLs
@@ -84,6 +92,15 @@ class Settings:
             return dict(json.loads(self.sam_arch_overrides))
         except (ValueError, TypeError) as exc:
             raise InputError(f"SAM_ARCH_OVERRIDES is not a JSON object: {exc}", "settings")
+
+    @property
+    def aliases(self) -> dict:
+        if not self.category_aliases:
+            return {}
+        try:
+            return dict(json.loads(self.category_aliases))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"CATEGORY_ALIASES is not a JSON object: {exc}", "settings")
 
     @property
     def checkpoint_url(self) -> str:

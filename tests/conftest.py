@@ -33,7 +33,8 @@ def configure(monkeypatch, tmp_path):
             monkeypatch.setenv(key, str(value))
         reset_segmentation()
 
-    for key in ("REDIS_URL", "SAM_CHECKPOINT", "SAM_ENGINE", "SAM_ARCH_OVERRIDES", "BASIC_AUTH_USER",
+    for key in ("REDIS_URL", "SAM_CHECKPOINT", "DETECTOR_MODEL", "PRELABEL_MODE", "CATEGORY_ALIASES",
+                "SAM_ENGINE", "SAM_ARCH_OVERRIDES", "BASIC_AUTH_USER",
                 "BASIC_AUTH_PASS", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LOCAL_FILES_DOCUMENT_ROOT"):
         monkeypatch.delenv(key, raising=False)
     yield apply
@@ -85,6 +86,7 @@ def redis_url():
 @pytest.fixture(autouse=True)
 def _quiet_env():
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # no hub here: fail at once instead of retrying a download
 
 
 @pytest.fixture

@@ -137,3 +137,28 @@ def save_tiny_depth_anything(folder: Path, metric: bool = False) -> Path:
     DPTImageProcessor(size={"height": 70, "width": 70}, keep_aspect_ratio=True, ensure_multiple_of=14,
                       do_pad=False).save_pretrained(folder)
     return folder
+
+
+def save_tiny_owlv2(folder: Path) -> Path:
+    """A random-weight OWLv2 detector with an offline byte-level CLIP tokenizer, saved with save_pretrained."""
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    torch.manual_seed(0)
+    chars = list(bytes_to_unicode().values())
+    vocab = {token: index for index, token in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16, pad_token="!")
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "vocab_size": len(vocab), "max_position_embeddings": 16, "bos_token_id": len(vocab) - 2,
+            "eos_token_id": len(vocab) - 1, "pad_token_id": vocab["!"]}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 64, "patch_size": 16}
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+    with torch.no_grad():  # boxes = the model's per-patch prior boxes (random box heads saturate to zero size)
+        model.box_head.dense2.weight.mul_(0.01)
+        model.box_head.dense2.bias.zero_()
+    model.save_pretrained(folder)
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
+                   tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -8,7 +8,7 @@ from backend.interactive import InteractiveSegmentation
 from backend.label_config import parse_label_config
 from backend.segmenter import Embedding
 from backend.settings import Settings
-from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, free_port, keypoint, sam_env
+from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, free_port, keypoint, predict_body, sam_env
 
 CONFIG = parse_label_config(LABEL_CONFIG)
 
@@ -118,3 +118,25 @@ def test_unreachable_redis_still_serves(tmp_path, tiny_checkpoints, image_url, c
     assert prediction["result"][0]["value"]["rle"]
     assert service.cache.stats()["errors"] >= 1
     assert "embedding cache unreachable" in caplog.text
+
+
+def test_imported_tasks_are_embedded_before_the_first_click(configure, tiny_checkpoints):
+    configure(**sam_env("vit_t", tiny_checkpoints["vit_t"]), PRECOMPUTE_ON_IMPORT="true")
+    from backend.jobs import get_queue, reset_queue
+
+    reset_queue()
+    import _wsgi
+
+    client = _wsgi.app.test_client()
+    images = [data_uri(encode_image(disk_image(seed=s)[0])) for s in (21, 22)]
+    event = {"action": "TASKS_CREATED", "project": {"id": 5, "label_config": LABEL_CONFIG},
+             "tasks": [{"id": 1, "data": {"image": images[0]}}, {"id": 2, "data": {"image": images[1]}},
+                       {"id": 3, "data": {"image": "data:image/png;base64,AAAA"}}]}
+    response = client.post("/webhook", json=event)
+    assert response.status_code == 201 and response.json["images"] == 3
+    result = get_queue().wait(response.json["job"], timeout=120)
+    assert result["embedded"] == 2 and len(result["failed"]) == 1
+    assert client.get("/metrics").json["counts"]["encoder_runs"] == 2
+    assert client.post("/predict", json=predict_body(images[1], [keypoint(40, 50)])).status_code == 200
+    assert client.get("/metrics").json["counts"]["encoder_runs"] == 2  # the first click was a warm click
+    reset_queue()

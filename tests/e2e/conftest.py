@@ -15,7 +15,7 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
-from tests.helpers import disk_image, encode_image, free_port, save_tiny_depth_anything
+from tests.helpers import disk_image, encode_image, free_port, save_tiny_depth_anything, save_tiny_owlv2
 from tests.processes import ROOT, start_gunicorn, start_rq_worker, start_server, stop
 
 LABEL_STUDIO = ROOT / ".venv-ls" / "bin" / "label-studio"
@@ -36,6 +36,7 @@ class LabelStudioServer:
 class Backend:
     url: str
     model_dir: Path
+    env: dict  # the backend's settings (for CLI runs against the same Label Studio)
 
 
 def pytest_collection_modifyitems(items):
@@ -81,10 +82,12 @@ def backend(label_studio, redis_url, tmp_path_factory) -> Backend:
            "LABEL_STUDIO_API_KEY": label_studio.token, "LOG_LEVEL": "INFO",
            "DEPTH_MODEL": str(save_tiny_depth_anything(folder / "depth-model")),
            "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.files_root),
-           "OUTPUT_DIR": str(label_studio.files_root / "outputs")}
+           "OUTPUT_DIR": str(label_studio.files_root / "outputs"),
+           "DETECTOR_MODEL": str(save_tiny_owlv2(folder / "detector")), "DETECTOR_THRESHOLD": "0",
+           "MAX_DETECTIONS": "2", "HF_HUB_OFFLINE": "1", "MODEL_DIR": str(folder / "models")}
     proc = start_gunicorn(env, folder, port)
     worker = start_rq_worker(env, folder, redis_url)
-    yield Backend(f"http://127.0.0.1:{port}", folder / "models")
+    yield Backend(f"http://127.0.0.1:{port}", folder / "models", env)
     stop(worker)
     stop(proc)
 
@@ -97,9 +100,8 @@ def upload_images(server, project_id: int, images: list[tuple[str, np.ndarray]])
     assert response.status_code == 201, response.text
 
 
-@pytest.fixture
-def project(label_studio, backend):
-    """A project with the repository's label_config.xml, two uploaded images, and this backend connected."""
+def make_project(label_studio, backend=None):
+    """A project with the repository's label_config.xml and two uploaded images; `backend` connected if given."""
     client = label_studio.client
     project = client.projects.create(title="SAM backend e2e", label_config=LABEL_CONFIG)
     truths = {}
@@ -109,7 +111,24 @@ def project(label_studio, backend):
         truths[f"disk{index}.png"] = mask
     tasks = sorted(client.tasks.list(project=project.id), key=lambda t: t.id)
     masks = {t.id: next(m for name, m in truths.items() if t.data["image"].endswith(name)) for t in tasks}
-    ml = client.ml.create(url=backend.url, project=project.id, is_interactive=True, title="SAM")
-    assert ml.readable_state == "Connected", ml
-    yield project, tasks, masks, ml
-    client.projects.delete(id=project.id)
+    ml = None
+    if backend is not None:
+        ml = client.ml.create(url=backend.url, project=project.id, is_interactive=True, title="SAM")
+        assert ml.readable_state == "Connected", ml
+    return project, tasks, masks, ml
+
+
+@pytest.fixture
+def project(label_studio, backend):
+    """A project with this backend connected as its (interactive) ML model."""
+    made = make_project(label_studio, backend)
+    yield made
+    label_studio.client.projects.delete(id=made[0].id)
+
+
+@pytest.fixture
+def unconnected_project(label_studio):
+    """A project no ML backend is connected to (the CLI pre-labels any project through the API)."""
+    made = make_project(label_studio)
+    yield made
+    label_studio.client.projects.delete(id=made[0].id)

@@ -1,0 +1,63 @@
+"""Bulk pre-labeling: Label Studio's own "Retrieve predictions", and `python -m backend prelabel` on the
+job queue (RQ with a real worker, and in-process), skipping done tasks and reporting broken ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import requests
+
+from backend.mask_encoding import rle_to_mask
+from tests.processes import ROOT
+
+
+def test_retrieve_predictions_stores_labeled_masks_with_the_model_version(label_studio, project):
+    labeled, tasks, _, _ = project
+    response = requests.post(f"{label_studio.url}/api/dm/actions?id=retrieve_tasks_predictions&project={labeled.id}",
+                             json={"selectedItems": {"all": True, "excluded": []}},
+                             headers={"Authorization": f"Token {label_studio.token}"}, timeout=300)
+    assert response.status_code == 200, response.text
+    for task in tasks:
+        [prediction] = label_studio.client.predictions.list(task=task.id)
+        assert prediction.model_version == "grabcut"
+        # The tiny random detector's boxes are arbitrary (box -> mask quality: tests/test_prelabel.py); a box
+        # whose mask comes out empty is dropped, so 0-2 regions, each a labeled, non-empty brush mask.
+        assert len(prediction.result) <= 2
+        for region in prediction.result:
+            assert region["type"] == "brushlabels" and region["value"]["brushlabels"][0] in ("Object", "Person",
+                                                                                            "Vehicle")
+            assert rle_to_mask(region["value"]["rle"], 240, 320).any()
+
+
+def prelabel_cli(backend, project_id: int, redis: bool) -> dict:
+    env = {**os.environ, **backend.env}
+    if not redis:
+        env.pop("REDIS_URL")
+    run = subprocess.run([sys.executable, "-m", "backend", "prelabel", "--project", str(project_id)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode in (0, 1), run.stderr[-3000:]
+    return json.loads(run.stdout)
+
+
+def test_prelabel_command_on_rq_reports_broken_tasks_and_resumes(label_studio, unconnected_project, backend):
+    labeled, tasks, _, _ = unconnected_project
+    label_studio.client.projects.import_tasks(id=labeled.id, request=[{"image": "http://127.0.0.1:9/gone.png"}])
+    first = prelabel_cli(backend, labeled.id, redis=True)
+    assert (first["done"], first["skipped"], first["failed"]) == (2, 0, 1), first
+    [(broken_id, reason)] = first["errors"].items()
+    assert "gone.png" in reason or "unreachable" in reason.lower() or "download" in reason.lower(), reason
+    for task in tasks:
+        assert [p.model_version for p in label_studio.client.predictions.list(task=task.id)] == ["grabcut"]
+    again = prelabel_cli(backend, labeled.id, redis=True)  # a rerun resumes: done tasks are skipped
+    assert (again["done"], again["skipped"], again["failed"]) == (0, 2, 1), again
+    assert list(again["errors"]) == [broken_id]
+
+
+def test_prelabel_command_runs_in_process_without_redis(label_studio, unconnected_project, backend):
+    labeled, tasks, _, _ = unconnected_project
+    report = prelabel_cli(backend, labeled.id, redis=False)
+    assert (report["done"], report["failed"]) == (2, 0), report
+    assert all(label_studio.client.predictions.list(task=t.id) for t in tasks)

@@ -1,0 +1,98 @@
+"""Pre-labeling from categories: detector loading, boxes -> labeled masks, batch /predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.detector import Detection, get_detector, non_max_suppression
+from backend.label_config import parse_label_config
+from backend.mask_encoding import rle_to_mask
+from backend.prelabel import category_prompts, prelabel_task
+from backend.settings import Settings, get_settings
+from tests.helpers import LABEL_CONFIG, data_uri, encode_image, iou, predict_body, sam_env, save_tiny_owlv2
+
+CONFIG = parse_label_config(LABEL_CONFIG)  # labels Disk, Background
+
+
+@pytest.fixture(scope="module")
+def tiny_owlv2(tmp_path_factory):
+    return save_tiny_owlv2(tmp_path_factory.mktemp("owlv2"))
+
+
+def two_disks(width=240, height=160):
+    rng = np.random.default_rng(0)
+    image = rng.normal(110, 10, (height, width, 3)).clip(0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    masks = []
+    for (cx, cy, r), colour in [((60, 80, 35), (220, 40, 40)), ((175, 70, 30), (40, 40, 220))]:
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+        image[mask] = colour
+        masks.append(mask)
+    return image, masks
+
+
+def test_tiny_owlv2_loads_from_disk_and_detects_all_prompts_in_one_pass(tiny_owlv2):
+    detector = get_detector(str(tiny_owlv2))
+    assert detector.kind == "owlv2"
+    image, _ = two_disks()
+    found = detector.detect(image, ["disk", "background"], threshold=0.0)
+    assert found and {d.prompt for d in found} <= {0, 1}
+    for detection in found:
+        x0, y0, x1, y1 = detection.box
+        assert 0 <= x0 < x1 <= 240 and 0 <= y0 < y1 <= 160 and 0 <= detection.score <= 1
+    assert len(non_max_suppression(found, 0.5)) <= len(found)
+
+
+def test_aliases_and_caption_become_prompts():
+    settings = Settings(category_aliases='{"Disk": ["round plate", "coin"]}', prompt_field="caption")
+    pairs = category_prompts(CONFIG, settings, {"data": {"caption": "a red disk, something else"}})
+    assert pairs[:3] == [("Disk", "round plate"), ("Disk", "coin"), ("Background", "Background")]
+    assert pairs[3:] == [("Disk", "a red disk"), ("Disk", "something else")]
+
+
+class BoxesOf:
+    """A detector stand-in that finds the given boxes (to check what the pipeline does with boxes)."""
+
+    def __init__(self, detections):
+        self.detections = detections
+        self.prompts = None
+
+    def detect(self, image, prompts, threshold):
+        self.prompts = prompts
+        return [d for d in self.detections if d.score >= threshold]
+
+
+def test_each_detected_box_becomes_a_labeled_mask_of_its_object(configure, monkeypatch):
+    configure(SAM_ENGINE="grabcut", DETECTOR_THRESHOLD="0.3")
+    image, masks = two_disks()
+    boxes = [Detection((22, 42, 98, 118), 0.9, 0), Detection((142, 37, 208, 103), 0.7, 1),
+             Detection((0, 0, 10, 10), 0.1, 0)]  # below the threshold
+    stand_in = BoxesOf(boxes)
+    monkeypatch.setattr("backend.prelabel.get_detector", lambda *a: stand_in)
+    task = {"id": 3, "data": {"image": data_uri(encode_image(image))}}
+    prediction = prelabel_task(task, CONFIG, get_settings(), "grabcut")
+    assert stand_in.prompts == ["Disk", "Background"]  # all categories asked at once
+    assert [r["value"]["brushlabels"] for r in prediction["result"]] == [["Disk"], ["Background"]]
+    for result, mask in zip(prediction["result"], masks, strict=True):
+        assert iou(rle_to_mask(result["value"]["rle"], 160, 240), mask) > 0.85
+    assert prediction["score"] == pytest.approx(0.8) and prediction["model_version"] == "grabcut"
+
+
+def test_batch_predict_with_real_detector_and_sam_keeps_going_past_a_broken_task(
+        configure, tiny_checkpoints, tiny_owlv2):
+    configure(**sam_env("vit_t", tiny_checkpoints["vit_t"]), DETECTOR_MODEL=str(tiny_owlv2),
+              DETECTOR_THRESHOLD="0", MAX_DETECTIONS="3")
+    import _wsgi
+
+    image, _ = two_disks()
+    body = predict_body(data_uri(encode_image(image)), None)
+    body["tasks"].insert(0, {"id": 9, "data": {"image": "data:image/png;base64,AAAA"}})
+    response = _wsgi.app.test_client().post("/predict", json=body)
+    assert response.status_code == 200
+    broken, good = response.json["results"]
+    assert broken["result"] == [] and "not a readable image" in broken["error"]
+    assert 1 <= len(good["result"]) <= 3 and good["model_version"].startswith("vit_t-")
+    for region in good["result"]:
+        assert region["value"]["brushlabels"][0] in ("Disk", "Background")
+        assert rle_to_mask(region["value"]["rle"], 160, 240).shape == (160, 240)
