@@ -14,6 +14,7 @@ from backend.ml_base import LabelStudioMLBase
 from backend.model_versions import ModelVersions
 from backend.prelabel import predict_tasks
 from backend.settings import get_settings
+from backend.synthesis import is_generation_annotation
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ class SamBackend(LabelStudioMLBase):
             response["annotation"] = annotation.get("id")
             if annotation.get("was_cancelled"):
                 return {**response, "stored": False, "reason": "skipped task"}
+            if is_generation_annotation(annotation):  # a synthesis request, not an object mask to learn from
+                task_id = (data.get("task") or {}).get("id")
+                job = get_queue().enqueue("backend.synthesis.run_generation", int(self.project_id), task_id,
+                                          annotation.get("id"))
+                return {**response, "stored": False, "job": job}
             path = store.save(self.project_id, data.get("task") or {}, annotation, self._image_key())
             logger.info("project %s: %s annotation %s kept in %s", self.project_id, event, annotation.get("id"), path)
             response["stored"] = True

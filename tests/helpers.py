@@ -141,14 +141,10 @@ def save_tiny_depth_anything(folder: Path, metric: bool = False) -> Path:
 
 def save_tiny_owlv2(folder: Path) -> Path:
     """A random-weight OWLv2 detector with an offline byte-level CLIP tokenizer, saved with save_pretrained."""
-    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
 
     torch.manual_seed(0)
-    chars = list(bytes_to_unicode().values())
-    vocab = {token: index for index, token in enumerate(chars + [c + "</w>" for c in chars])}
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16, pad_token="!")
+    tokenizer, vocab = offline_clip_tokenizer(16)
     text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
             "vocab_size": len(vocab), "max_position_embeddings": 16, "bos_token_id": len(vocab) - 2,
             "eos_token_id": len(vocab) - 1, "pad_token_id": vocab["!"]}
@@ -162,3 +158,84 @@ def save_tiny_owlv2(folder: Path) -> Path:
     Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
                    tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def offline_clip_tokenizer(max_length: int):
+    """A working byte-level CLIPTokenizer made without downloads: the 256 byte characters (and their
+    end-of-word forms) plus the two special tokens, no merges. Returns (tokenizer, vocab)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {token: index for index, token in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length, pad_token="!"), vocab
+
+
+def _tiny_clip_text(vocab: dict, projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(bos_token_id=len(vocab) - 2, eos_token_id=len(vocab) - 1, pad_token_id=vocab["!"],
+                            hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4,
+                            num_hidden_layers=2, vocab_size=len(vocab), max_position_embeddings=77)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def save_tiny_inpainting(folder: Path) -> dict[str, Path]:
+    """Random-weight Stable Diffusion 2 inpainting and Kandinsky 2.2 prior + inpaint pipelines at tiny size,
+    saved with save_pretrained. Returns the folders by setting name."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        KandinskyV22InpaintPipeline,
+        KandinskyV22PriorPipeline,
+        PNDMScheduler,
+        PriorTransformer,
+        StableDiffusionInpaintPipeline,
+        UnCLIPScheduler,
+        UNet2DConditionModel,
+        VQModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    tokenizer, vocab = offline_clip_tokenizer(77)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=9,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=(2, 4), use_linear_projection=True)
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], sample_size=64)
+    sd = StableDiffusionInpaintPipeline(vae=vae, text_encoder=_tiny_clip_text(vocab, False), tokenizer=tokenizer,
+                                        unet=unet, scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1),
+                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.save_pretrained(folder / "sd2")
+
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1)
+    prior.clip_std = torch.nn.Parameter(torch.ones(prior.clip_std.shape))
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, image_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4,
+        num_channels=3, num_hidden_layers=2, patch_size=8))
+    KandinskyV22PriorPipeline(
+        prior=prior, image_encoder=image_encoder, text_encoder=_tiny_clip_text(vocab, True), tokenizer=tokenizer,
+        scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
+                                  clip_sample=True, clip_sample_range=10.0),
+        image_processor=CLIPImageProcessor(crop_size=32, size=32)).save_pretrained(folder / "kandinsky-prior")
+    decoder_unet = UNet2DConditionModel(
+        in_channels=9, out_channels=8, addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
+        encoder_hid_dim=32, encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift", class_embed_type=None)
+    movq = VQModel(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+                   in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
+                   num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
+                   vq_embed_dim=4)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    KandinskyV22InpaintPipeline(unet=decoder_unet, scheduler=scheduler, movq=movq).save_pretrained(
+        folder / "kandinsky-inpaint")
+    return {"SD_INPAINT_MODEL": folder / "sd2", "KANDINSKY_PRIOR_MODEL": folder / "kandinsky-prior",
+            "KANDINSKY_INPAINT_MODEL": folder / "kandinsky-inpaint"}

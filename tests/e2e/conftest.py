@@ -15,7 +15,14 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
-from tests.helpers import disk_image, encode_image, free_port, save_tiny_depth_anything, save_tiny_owlv2
+from tests.helpers import (
+    disk_image,
+    encode_image,
+    free_port,
+    save_tiny_depth_anything,
+    save_tiny_inpainting,
+    save_tiny_owlv2,
+)
 from tests.processes import ROOT, start_gunicorn, start_rq_worker, start_server, stop
 
 LABEL_STUDIO = ROOT / ".venv-ls" / "bin" / "label-studio"
@@ -84,7 +91,9 @@ def backend(label_studio, redis_url, tmp_path_factory) -> Backend:
            "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.files_root),
            "OUTPUT_DIR": str(label_studio.files_root / "outputs"),
            "DETECTOR_MODEL": str(save_tiny_owlv2(folder / "detector")), "DETECTOR_THRESHOLD": "0",
-           "MAX_DETECTIONS": "2", "HF_HUB_OFFLINE": "1", "MODEL_DIR": str(folder / "models")}
+           "MAX_DETECTIONS": "2", "HF_HUB_OFFLINE": "1", "MODEL_DIR": str(folder / "models"),
+           "SYNTHESIS_STEPS": "2", "SYNTHESIS_SIZE": "64",
+           **{key: str(path) for key, path in save_tiny_inpainting(folder / "inpainting").items()}}
     proc = start_gunicorn(env, folder, port)
     worker = start_rq_worker(env, folder, redis_url)
     yield Backend(f"http://127.0.0.1:{port}", folder / "models", env)
@@ -100,10 +109,10 @@ def upload_images(server, project_id: int, images: list[tuple[str, np.ndarray]])
     assert response.status_code == 201, response.text
 
 
-def make_project(label_studio, backend=None):
-    """A project with the repository's label_config.xml and two uploaded images; `backend` connected if given."""
+def make_project(label_studio, backend=None, label_config: str = LABEL_CONFIG):
+    """A project (default: the repository's label_config.xml) with two uploaded images; `backend` connected."""
     client = label_studio.client
-    project = client.projects.create(title="SAM backend e2e", label_config=LABEL_CONFIG)
+    project = client.projects.create(title="SAM backend e2e", label_config=label_config)
     truths = {}
     for index, center in enumerate([(0.4, 0.5), (0.62, 0.45)]):
         image, mask = disk_image(width=320, height=240, center=center, seed=index)
