@@ -148,6 +148,8 @@ def generate_samples(task: dict, annotation: dict, label_config: str, settings: 
             results = mask_results(refine_mask(painted, region), 1.0, control, label, settings.polygon_epsilon)
         new_tasks.append({"data": data, "predictions": [
             {"model_version": f"synthesis-{request.engine}", "score": 1.0, "result": results}]})
+        logger.info("annotation %s: sample %d/%d generated (%s, seed %d)", annotation.get("id"), index + 1,
+                    request.samples, request.engine, seed)
     return new_tasks
 
 

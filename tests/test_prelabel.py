@@ -96,3 +96,18 @@ def test_batch_predict_with_real_detector_and_sam_keeps_going_past_a_broken_task
     for region in good["result"]:
         assert region["value"]["brushlabels"][0] in ("Disk", "Background")
         assert rle_to_mask(region["value"]["rle"], 160, 240).shape == (160, 240)
+
+
+def test_everything_mode_segments_without_categories(configure, tiny_checkpoints):
+    configure(**sam_env("vit_t", tiny_checkpoints["vit_t"]), PRELABEL_MODE="everything",
+              EVERYTHING_POINTS_PER_SIDE="4", MAX_DETECTIONS="5")
+    image, _ = two_disks()
+    task = {"id": 4, "data": {"image": data_uri(encode_image(image))}}
+    prediction = prelabel_task(task, CONFIG, get_settings(), "v")
+    assert len(prediction["result"]) <= 5
+    for region in prediction["result"]:
+        assert region["value"]["brushlabels"] == ["Disk"]  # the first label of the mask control
+        assert rle_to_mask(region["value"]["rle"], 160, 240).any()
+    configure(SAM_ENGINE="grabcut", PRELABEL_MODE="everything")
+    with pytest.raises(Exception, match="needs a SAM engine"):
+        prelabel_task(task, CONFIG, get_settings(), "v")

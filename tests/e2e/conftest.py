@@ -85,6 +85,7 @@ def backend(label_studio, redis_url, tmp_path_factory) -> Backend:
     """
     folder = tmp_path_factory.mktemp("backend")
     port = free_port()
+    redis_url = redis_url.rsplit("/", 1)[0] + "/1"  # its own database: other tests' RQ jobs stay theirs
     env = {"SAM_ENGINE": "grabcut", "REDIS_URL": redis_url, "LABEL_STUDIO_URL": label_studio.url,
            "LABEL_STUDIO_API_KEY": label_studio.token, "LOG_LEVEL": "INFO",
            "DEPTH_MODEL": str(save_tiny_depth_anything(folder / "depth-model")),
