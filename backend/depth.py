@@ -25,7 +25,7 @@ from .errors import BackendError, ModelUnavailableError
 from .images import read_task_image
 from .ls_client import call, make_client
 from .settings import Settings, get_settings
-from .storage import LocalStorage
+from .storage import LocalStorage, S3Storage, make_storage
 
 logger = logging.getLogger(__name__)
 FIELDS = ("depth", "depth_raw", "depth_meta")
@@ -106,7 +106,7 @@ def preview(depth: np.ndarray, metric: bool) -> bytes:
     return buffer.getvalue()
 
 
-def depth_outputs(task_id: int, image_key: str, depth: DepthMap, storage: LocalStorage) -> dict:
+def depth_outputs(task_id: int, image_key: str, depth: DepthMap, storage: LocalStorage | S3Storage) -> dict:
     """Write the files of one task's depth; the task data fields that point to them."""
     raw_bytes, low, high = png16(depth.depth)
     if depth.metric:
@@ -132,7 +132,7 @@ def depth_for_task(task: dict, settings: Settings, image_key: str = "image", for
         raise BackendError(f"task data has no field '{image_key}'", f"task {task.get('id')}")
     image = read_task_image(data[image_key], settings, task.get("id")).decode(settings.max_image_pixels)
     depth = get_estimator(settings).estimate(image)
-    return depth_outputs(int(task.get("id") or 0), image_key, depth, LocalStorage(settings))
+    return depth_outputs(int(task.get("id") or 0), image_key, depth, make_storage(settings))
 
 
 def run_depth_task(task_id: int, image_key: str = "image", force: bool = False) -> dict:

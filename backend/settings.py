@@ -55,6 +55,9 @@ class Settings:
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"  # hub id or save_pretrained folder
     output_dir: str = "data/outputs"  # generated files (depth maps, synthetic images)
     output_url: str = ""  # URL prefix OUTPUT_DIR is served under; empty: Label Studio local-files URLs
+    output_s3_bucket: str = ""  # write generated files to this S3-compatible bucket instead of OUTPUT_DIR
+    output_s3_prefix: str = "label-studio-backend"  # key prefix in the bucket
+    output_s3_endpoint_url: str = ""  # e.g. http://minio:9000; empty: AWS
     synthesis_engine: str = "kandinsky"  # default engine of generation tasks: kandinsky | sd2
     kandinsky_prior_model: str = "kandinsky-community/kandinsky-2-2-prior"
     kandinsky_inpaint_model: str = "kandinsky-community/kandinsky-2-2-decoder-inpaint"

@@ -4,12 +4,15 @@ Default: files under OUTPUT_DIR, served by Label Studio's local-files storage, s
 `/data/local-files/?d=<path relative to LOCAL_FILES_DOCUMENT_ROOT>` (start Label Studio with
 LOCAL_FILES_SERVING_ENABLED=true and the same LOCAL_FILES_DOCUMENT_ROOT, and add a Local Files
 storage for that folder to the project). With OUTPUT_URL set, URLs are OUTPUT_URL + relative path
-(any web server or an S3-compatible bucket synced from OUTPUT_DIR).
+(any web server). With OUTPUT_S3_BUCKET set, files go to that S3-compatible bucket (endpoint
+OUTPUT_S3_ENDPOINT_URL for MinIO and the like; credentials from the usual AWS_* variables) and the
+URLs are `s3://bucket/key`, which Label Studio serves through the project's S3 storage (or
+OUTPUT_URL + key when OUTPUT_URL is set).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from .annotations import write_atomic
@@ -45,3 +48,29 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror or exc}", "OUTPUT_DIR")
         return path, self.url(path)
+
+
+class S3Storage:
+    def __init__(self, settings: Settings):
+        import boto3
+
+        self.bucket = settings.output_s3_bucket
+        self.prefix = settings.output_s3_prefix.strip("/")
+        self.url_prefix = settings.output_url.rstrip("/")
+        self.client = boto3.client("s3", endpoint_url=settings.output_s3_endpoint_url or None)
+
+    def save(self, relative: str, data: bytes) -> tuple[PurePosixPath, str]:
+        """Upload `data` (one PUT: readers never see a part); (key, URL). StorageError saying where on failure."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = f"{self.prefix}/{relative}" if self.prefix else relative
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"cannot write s3://{self.bucket}/{key}: {exc}", "OUTPUT_S3_BUCKET")
+        url = f"{self.url_prefix}/{quote(key)}" if self.url_prefix else f"s3://{self.bucket}/{key}"
+        return PurePosixPath(key), url
+
+
+def make_storage(settings: Settings) -> LocalStorage | S3Storage:
+    return S3Storage(settings) if settings.output_s3_bucket else LocalStorage(settings)

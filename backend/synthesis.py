@@ -28,7 +28,7 @@ from .ls_client import call, make_client
 from .mask_encoding import mask_results
 from .prompts import Prompt
 from .settings import Settings, get_settings
-from .storage import LocalStorage
+from .storage import make_storage
 
 logger = logging.getLogger(__name__)
 MODES = ("add", "remove")
@@ -126,7 +126,7 @@ def generate_samples(task: dict, annotation: dict, label_config: str, settings: 
     height, width = image.shape[:2]
     request = parse_generation(annotation, height, width, settings)
     inpainter = get_inpainter(request.engine, settings)
-    storage = LocalStorage(settings)
+    storage = make_storage(settings)
     control, label = (config.output_for(request.label) if request.mode == "add" else (None, None))
     new_tasks = []
     for index in range(request.samples):

@@ -78,3 +78,28 @@ def test_missing_model_names_the_setting(tmp_path):
         DepthEstimator(str(tmp_path / "no-such-model"))
     assert "Depth-Anything-V2-Small-hf" in str(error.value)
     depth_module._estimator = None
+
+
+def test_depth_goes_to_an_s3_compatible_bucket_by_setting(tiny_depth, tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    image, _ = disk_image(width=64, height=48)
+    task = {"id": 11, "data": {"image": data_uri(encode_image(image))}}
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="labels")
+        settings = Settings(depth_model=str(tiny_depth["relative"]), output_s3_bucket="labels",
+                            output_s3_prefix="team")
+        fields = depth_for_task(task, settings)
+        assert fields["depth_raw"] == "s3://labels/team/depth/11_image.png"
+        body = s3.get_object(Bucket="labels", Key="team/depth/11_image.png")["Body"].read()
+        raw = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint16 and raw.shape == (48, 64)
+        missing = Settings(depth_model=str(tiny_depth["relative"]), output_s3_bucket="no-such-bucket")
+        with pytest.raises(BackendError, match="cannot write s3://no-such-bucket") as error:
+            depth_for_task(task, missing)
+        assert error.value.where == "OUTPUT_S3_BUCKET"
