@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--log-level", default=None)
     parser.add_argument("--basic-auth-user", default=None)
     parser.add_argument("--basic-auth-pass", default=None)
+    parser.add_argument("--model-dir", default=None, help="MODEL_DIR (as label-studio-ml passes it)")
     parser.add_argument("--check", action="store_true", help="load the engine, report, and exit")
     args = parser.parse_args()
 
@@ -49,7 +50,7 @@ def main() -> None:
         key, _, value = pair.partition("=")
         os.environ[key.upper()] = value
     for key, value in (("LOG_LEVEL", args.log_level), ("BASIC_AUTH_USER", args.basic_auth_user),
-                       ("BASIC_AUTH_PASS", args.basic_auth_pass)):
+                       ("BASIC_AUTH_PASS", args.basic_auth_pass), ("MODEL_DIR", args.model_dir)):
         if value is not None:
             os.environ[key] = value
     get_settings.cache_clear()

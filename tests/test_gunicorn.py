@@ -47,3 +47,26 @@ def test_two_gunicorn_workers_share_embeddings_through_redis(served, tiny_checkp
     assert len(keys) >= 1
     runs = [requests.get(url + "/metrics", timeout=10).json()["counts"].get("encoder_runs", 0) for _ in range(8)]
     assert max(runs) <= 1  # no worker encoded the image twice; at most one encoded it at all
+
+
+def test_started_the_way_label_studio_ml_start_runs_it(tmp_path):
+    """`label-studio-ml start DIR --port P --with k=v` runs `python DIR/_wsgi.py --port P --with k=v`."""
+    import sys
+
+    from tests.processes import ROOT, start_server
+
+    port = free_port()
+    cmd = [sys.executable, "_wsgi.py", "--port", str(port), "--host", "127.0.0.1", "--with", "sam_engine=grabcut",
+           "--log-level", "WARNING", "--model-dir", str(tmp_path / "models")]
+    proc = start_server(cmd, {"IMAGE_CACHE_DIR": str(tmp_path / "img")}, tmp_path / "wsgi.log",
+                        f"http://127.0.0.1:{port}/health", cwd=ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert requests.get(url + "/health", timeout=10).json()["engine"]["engine"] == "grabcut"
+        image, truth = disk_image()
+        response = requests.post(url + "/predict", json=predict_body(data_uri(encode_image(image)),
+                                                                      [keypoint(40, 50)]), timeout=60)
+        item = response.json()["results"][0]["result"][0]
+        assert iou(rle_to_mask(item["value"]["rle"], 240, 320), truth) > 0.9
+    finally:
+        stop(proc)
