@@ -239,3 +239,34 @@ def save_tiny_inpainting(folder: Path) -> dict[str, Path]:
         folder / "kandinsky-inpaint")
     return {"SD_INPAINT_MODEL": folder / "sd2", "KANDINSKY_PRIOR_MODEL": folder / "kandinsky-prior",
             "KANDINSKY_INPAINT_MODEL": folder / "kandinsky-inpaint"}
+
+
+def save_tiny_grounding_dino(folder: Path) -> Path:
+    """A random-weight Grounding DINO (Swin backbone, BERT text encoder) at tiny size, with an offline word
+    vocabulary, saved with save_pretrained."""
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "disk", "background", "object", "person", "vehicle"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    backbone = SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                          window_size=4, out_features=["stage2", "stage3", "stage4"])
+    text = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=37, max_position_embeddings=64)
+    config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1,
+                                 decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+                                 encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10, num_feature_levels=4,
+                                 encoder_n_points=2, decoder_n_points=2, max_text_len=32)
+    GroundingDinoForObjectDetection(config).save_pretrained(folder)
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}),
+                           tokenizer=BertTokenizer(str(folder / "vocab.txt"))).save_pretrained(folder)
+    return folder

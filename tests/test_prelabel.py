@@ -10,7 +10,16 @@ from backend.label_config import parse_label_config
 from backend.mask_encoding import rle_to_mask
 from backend.prelabel import category_prompts, prelabel_task
 from backend.settings import Settings, get_settings
-from tests.helpers import LABEL_CONFIG, data_uri, encode_image, iou, predict_body, sam_env, save_tiny_owlv2
+from tests.helpers import (
+    LABEL_CONFIG,
+    data_uri,
+    encode_image,
+    iou,
+    predict_body,
+    sam_env,
+    save_tiny_grounding_dino,
+    save_tiny_owlv2,
+)
 
 CONFIG = parse_label_config(LABEL_CONFIG)  # labels Disk, Background
 
@@ -32,9 +41,16 @@ def two_disks(width=240, height=160):
     return image, masks
 
 
-def test_tiny_owlv2_loads_from_disk_and_detects_all_prompts_in_one_pass(tiny_owlv2):
-    detector = get_detector(str(tiny_owlv2))
-    assert detector.kind == "owlv2"
+@pytest.fixture(scope="module")
+def tiny_grounding_dino(tmp_path_factory):
+    return save_tiny_grounding_dino(tmp_path_factory.mktemp("grounding-dino"))
+
+
+@pytest.mark.parametrize("kind", ["owlv2", "grounding-dino"])
+def test_tiny_detectors_load_from_disk_and_detect_all_prompts_in_one_pass(kind, request):
+    folder = request.getfixturevalue("tiny_owlv2" if kind == "owlv2" else "tiny_grounding_dino")
+    detector = get_detector(str(folder))
+    assert detector.kind == kind
     image, _ = two_disks()
     found = detector.detect(image, ["disk", "background"], threshold=0.0)
     assert found and {d.prompt for d in found} <= {0, 1}
