@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import BackendError, ModelUnavailableError
+from .errors import BackendError
 from .images import read_task_image
 from .ls_client import call, make_client
+from .pretrained import from_pretrained, resolve_device
 from .settings import Settings, get_settings
 from .storage import LocalStorage, S3Storage, make_storage
 
@@ -42,20 +43,14 @@ class DepthEstimator:
     """A transformers depth-estimation model (Depth Anything V1/V2, any size) from a hub id or a folder."""
 
     def __init__(self, name: str, device: str = "cpu"):
-        import torch
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(name)
-            self.model = AutoModelForDepthEstimation.from_pretrained(name).eval()
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailableError(
-                f"depth model {name!r} could not be loaded ({str(exc).splitlines()[0][:200]}). Set DEPTH_MODEL to a "
-                "folder saved with save_pretrained, or to a hub id such as "
-                "depth-anything/Depth-Anything-V2-Small-hf where https://huggingface.co is reachable",
-                "DEPTH_MODEL")
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if device == "auto" else device)
+        def load(path: str):
+            return AutoImageProcessor.from_pretrained(path), AutoModelForDepthEstimation.from_pretrained(path).eval()
+
+        self.processor, self.model = from_pretrained(load, name, "depth model", "DEPTH_MODEL",
+                                                     "depth-anything/Depth-Anything-V2-Small-hf")
+        self.device = resolve_device(device)
         self.model.to(self.device)
         self.name = name
         self.metric = getattr(self.model.config, "depth_estimation_type", "relative") == "metric"

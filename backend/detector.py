@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelUnavailableError
+from .pretrained import from_pretrained, resolve_device
 
 
 @dataclass(frozen=True)
@@ -25,19 +26,15 @@ class Detection:
 
 class TextDetector:
     def __init__(self, name: str, device: str = "cpu"):
-        import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        try:
-            self.processor = AutoProcessor.from_pretrained(name)
-            self.model = AutoModelForZeroShotObjectDetection.from_pretrained(name).eval()
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailableError(
-                f"detector {name!r} could not be loaded ({str(exc).splitlines()[0][:200]}). Set DETECTOR_MODEL to a "
-                "folder saved with save_pretrained, or to a hub id such as google/owlv2-base-patch16-ensemble or "
-                "IDEA-Research/grounding-dino-tiny where https://huggingface.co is reachable", "DETECTOR_MODEL")
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if device == "auto" else device)
+        def load(path: str):
+            return AutoProcessor.from_pretrained(path), AutoModelForZeroShotObjectDetection.from_pretrained(path).eval()
+
+        self.processor, self.model = from_pretrained(
+            load, name, "detector", "DETECTOR_MODEL",
+            "google/owlv2-base-patch16-ensemble or IDEA-Research/grounding-dino-tiny")
+        self.device = resolve_device(device)
         self.model.to(self.device)
         self.name = name
         self.kind = self.model.config.model_type  # "owlv2", "owlvit", "grounding-dino", ...

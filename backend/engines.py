@@ -14,6 +14,7 @@ import torch
 
 from . import compat
 from .errors import ModelUnavailableError
+from .pretrained import resolve_device
 from .segmenter import Segmenter
 from .settings import OFFICIAL_CHECKPOINTS, Settings
 
@@ -161,12 +162,6 @@ def load_sam(settings: Settings) -> Sam:
             "SAM_CHECKPOINT",
         )
     return model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_segmenter(settings: Settings) -> Segmenter:

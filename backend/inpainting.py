@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import InputError, ModelUnavailableError
+from .errors import InputError
+from .pretrained import from_pretrained, resolve_device
 from .settings import Settings
 
 ENGINES = ("sd2", "kandinsky")
@@ -30,23 +31,10 @@ class InpaintRequest:
     size: int  # the pipeline's working resolution (square)
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _load(kind: str, name: str, setting: str, url: str):
+def _load(kind: str, name: str, setting: str, hub_id: str):
     import diffusers
 
-    try:
-        return getattr(diffusers, kind).from_pretrained(name)
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailableError(
-            f"{kind} could not be loaded from {name!r} ({str(exc).splitlines()[0][:200]}). Set {setting} to a folder "
-            f"saved with save_pretrained, or to the hub id {url} where https://huggingface.co is reachable", setting)
+    return from_pretrained(getattr(diffusers, kind).from_pretrained, name, kind, setting, hub_id)
 
 
 class StableDiffusionInpainter:
@@ -54,7 +42,7 @@ class StableDiffusionInpainter:
 
     def __init__(self, settings: Settings):
         self.pipe = _load("StableDiffusionInpaintPipeline", settings.sd_inpaint_model, "SD_INPAINT_MODEL",
-                          "stabilityai/stable-diffusion-2-inpainting").to(_device(settings.device))
+                          "stabilityai/stable-diffusion-2-inpainting").to(resolve_device(settings.device))
         self.pipe.set_progress_bar_config(disable=True)
         if getattr(self.pipe, "safety_checker", None) is not None:
             self.pipe.safety_checker = None  # the team reviews every sample; no silent black images
@@ -73,7 +61,7 @@ class KandinskyInpainter:
     name = "kandinsky"
 
     def __init__(self, settings: Settings):
-        device = _device(settings.device)
+        device = resolve_device(settings.device)
         self.prior = _load("KandinskyV22PriorPipeline", settings.kandinsky_prior_model, "KANDINSKY_PRIOR_MODEL",
                            "kandinsky-community/kandinsky-2-2-prior").to(device)
         self.decoder = _load("KandinskyV22InpaintPipeline", settings.kandinsky_inpaint_model,
