@@ -60,3 +60,29 @@ def mask_results(
         {"id": uuid.uuid4().hex[:10], **base, "value": {"points": points, "closed": True, "polygonlabels": [label]}}
         for points in mask_to_polygons(mask, polygon_epsilon)
     ]
+
+
+def region_mask(result: dict, height: int, width: int) -> np.ndarray:
+    """The mask of one brush (RLE) or polygon result (the inverse of `mask_results`); ValueError saying
+    why it cannot be used."""
+    value = result.get("value") or {}
+    size = (result.get("original_height"), result.get("original_width"))
+    if size != (height, width):
+        raise ValueError(f"annotated at {size[1]}x{size[0]} but the image is {width}x{height}")
+    if result.get("type") == "brushlabels" and value.get("format") == "rle":
+        try:
+            mask = rle_to_mask(value["rle"], height, width)
+        except Exception as exc:  # the SDK decoder raises plain errors on a truncated RLE
+            raise ValueError(f"undecodable RLE ({exc})")
+    elif result.get("type") == "polygonlabels":
+        points = np.array(value.get("points") or [], np.float64)
+        if points.ndim != 2 or len(points) < 3:
+            raise ValueError("polygon with fewer than 3 points")
+        canvas = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(canvas, [np.round(points * (width / 100, height / 100)).astype(np.int32)], 1)
+        mask = canvas.astype(bool)
+    else:
+        raise ValueError(f"not a brush or polygon region ({result.get('type')})")
+    if not mask.any():
+        raise ValueError("empty mask")
+    return mask

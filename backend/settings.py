@@ -100,23 +100,23 @@ class Settings:
             values["local_files_document_root"] = env["LOCAL_FILES_DOCUMENT_ROOT"]
         return cls(**values)
 
-    @property
-    def arch_overrides(self) -> dict:
-        if not self.sam_arch_overrides:
+    def _json_object(self, name: str) -> dict:
+        """The JSON object in setting `name` ({} when empty); InputError naming the variable otherwise."""
+        raw = getattr(self, name)
+        if not raw:
             return {}
         try:
-            return dict(json.loads(self.sam_arch_overrides))
+            return dict(json.loads(raw))
         except (ValueError, TypeError) as exc:
-            raise InputError(f"SAM_ARCH_OVERRIDES is not a JSON object: {exc}", "settings")
+            raise InputError(f"{name.upper()} is not a JSON object: {exc}", "settings")
+
+    @property
+    def arch_overrides(self) -> dict:
+        return self._json_object("sam_arch_overrides")
 
     @property
     def aliases(self) -> dict:
-        if not self.category_aliases:
-            return {}
-        try:
-            return dict(json.loads(self.category_aliases))
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"CATEGORY_ALIASES is not a JSON object: {exc}", "settings")
+        return self._json_object("category_aliases")
 
     @property
     def checkpoint_url(self) -> str:

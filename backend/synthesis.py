@@ -25,7 +25,7 @@ from .inpainting import ENGINES, InpaintRequest, get_inpainter, inpaint
 from .interactive import get_segmentation
 from .label_config import parse_label_config
 from .ls_client import call, make_client
-from .mask_encoding import mask_results
+from .mask_encoding import mask_results, region_mask
 from .prompts import Prompt
 from .settings import Settings, get_settings
 from .storage import make_storage
@@ -56,8 +56,6 @@ def _text(value: dict) -> str:
 
 def parse_generation(annotation: dict, height: int, width: int, settings: Settings) -> GenerationRequest:
     """Read the region, label, texts and choices of a generation annotation (InputError says what is wrong)."""
-    from .training import region_mask
-
     mask = np.zeros((height, width), bool)
     label, prompt, negative, samples = None, "", "", 1
     engine, mode = settings.synthesis_engine, "add"
