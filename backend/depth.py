@@ -147,7 +147,7 @@ def run_depth_project(project_id: int, image_key: str = "image", force: bool = F
     """Job: depth for every task of a project; counts of done / skipped / failed (with reasons)."""
     settings = get_settings()
     client = make_client(settings)
-    task_ids = [t.id for t in call(f"project {project_id}", client.tasks.list, project=project_id, fields="all")]
+    task_ids = [t.id for t in call(f"project {project_id}", client.tasks.list, project=project_id)]
     report: dict = {"project": project_id, "done": 0, "skipped": 0, "failed": 0, "errors": {}}
     for index, task_id in enumerate(task_ids, 1):
         try:

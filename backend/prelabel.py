@@ -136,12 +136,11 @@ def predict_tasks(tasks: list[dict], config: LabelConfig, model_version: str, pr
 
 
 # ---------------------------------------------------------------- project-wide runs through the API
-def run_prelabel_task(project_id: int, task_id: int, model_version: str) -> dict:
+def run_prelabel_task(project_id: int, task_id: int, model_version: str, label_config: str) -> dict:
     """Job: pre-label one task and store the prediction in Label Studio."""
     settings = get_settings()
     client = make_client(settings)
-    project = call(f"project {project_id}", client.projects.get, id=project_id)
-    config = parse_label_config(project.label_config)
+    config = parse_label_config(label_config)
     task = call(f"task {task_id}", client.tasks.get, id=task_id)
     prediction = prelabel_task({"id": task.id, "data": task.data}, config, settings, model_version,
                                project_id=str(project_id))
@@ -166,13 +165,14 @@ def run_project(project_id: int, model_version: str, limit: int | None = None, p
 
     settings = get_settings()
     client = make_client(settings)
+    label_config = call(f"project {project_id}", client.projects.get, id=project_id).label_config
     todo, done = tasks_to_do(client, project_id, model_version)
     todo = todo[:limit] if limit else todo
     report: dict = {"project": project_id, "model_version": model_version, "done": 0, "skipped": len(done),
                     "failed": 0, "errors": {}}
     queue = get_queue()
-    jobs = {queue.enqueue("backend.prelabel.run_prelabel_task", project_id, task_id, model_version): task_id
-            for task_id in todo}
+    jobs = {queue.enqueue("backend.prelabel.run_prelabel_task", project_id, task_id, model_version, label_config):
+            task_id for task_id in todo}
     started = time.perf_counter()
     pending = dict(jobs)
     while pending:
