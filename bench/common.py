@@ -118,6 +118,13 @@ def stats_ms(seconds: list[float]) -> tuple[float, float]:
     return float(np.median(values)), float(np.percentile(values, 95))
 
 
+def seconds_row(what: str, seconds: list[float], baseline: float | None = None, digits: int = 2) -> dict:
+    """A table row: median and p95 in seconds, and the median's ratio to `baseline` (a median, in s)."""
+    median, p95 = (value / 1000 for value in stats_ms(seconds))
+    return {"what": what, "median s": round(median, digits), "p95 s": round(p95, digits),
+            "ratio": 1.0 if baseline is None else round(median / baseline, digits)}
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print(" | ".join(c.ljust(widths[c]) for c in columns))

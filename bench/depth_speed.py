@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import ROOT, bench_images, print_table, stats_ms
+from common import ROOT, bench_images, print_table, seconds_row
 
 assert ROOT.is_dir()
 from backend import depth as depth_module  # noqa: E402
@@ -67,16 +67,11 @@ def main() -> None:
             started = time.perf_counter()
             depth_module.depth_for_task({"id": index + 1, "data": {"image": str(path)}}, settings)
             whole.append(time.perf_counter() - started)
-        f_med, f_p95 = stats_ms(forward)
-        w_med, w_p95 = stats_ms(whole)
         print(f"Depth Anything V2 Small architecture ({params:.1f} M parameters), {args.images} images of 1024 px "
               f"long side, input {tuple(inputs['pixel_values'].shape[-2:])}, torch threads {torch.get_num_threads()}")
-        print_table([
-            {"what": "model forward (baseline)", "median s": round(f_med / 1000, 2), "p95 s": round(f_p95 / 1000, 2),
-             "ratio": 1.0},
-            {"what": "whole task (read, infer, write PNGs)", "median s": round(w_med / 1000, 2),
-             "p95 s": round(w_p95 / 1000, 2), "ratio": round(w_med / f_med, 2)},
-        ], ["what", "median s", "p95 s", "ratio"])
+        baseline = seconds_row("model forward (baseline)", forward)
+        print_table([baseline, seconds_row("whole task (read, infer, write PNGs)", whole, float(np.median(forward)))],
+                    ["what", "median s", "p95 s", "ratio"])
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import ROOT, print_table, stats_ms
+from common import ROOT, print_table, seconds_row
 
 assert ROOT.is_dir()
 from tests.helpers import _tiny_clip_text, offline_clip_tokenizer  # noqa: E402
@@ -83,16 +83,12 @@ def main() -> None:
             engine(image, Image.fromarray(mask), InpaintRequest("yellow block of wood", "snow road", index,
                                                                  args.steps, 7.5, 512))
             sample_times.append(time.perf_counter() - started)
-        step_median, step_p95 = stats_ms(step_times)
-        sample_median, sample_p95 = stats_ms(sample_times)
         print(f"SD2 inpainting UNet ({params:.0f} M parameters), 512x512, {args.steps} steps, guidance 7.5, "
               f"torch threads {torch.get_num_threads()}, fp32 CPU")
-        print_table([
-            {"what": "one UNet step, batch 2 (baseline)", "median s": round(step_median / 1000, 2),
-             "p95 s": round(step_p95 / 1000, 2), "ratio": 1.0},
-            {"what": f"one sample ({args.steps} steps + VAE)", "median s": round(sample_median / 1000, 1),
-             "p95 s": round(sample_p95 / 1000, 1), "ratio": round(sample_median / step_median, 1)},
-        ], ["what", "median s", "p95 s", "ratio"])
+        baseline = seconds_row("one UNet step, batch 2 (baseline)", step_times)
+        sample = seconds_row(f"one sample ({args.steps} steps + VAE)", sample_times, float(np.median(step_times)),
+                             digits=1)
+        print_table([baseline, sample], ["what", "median s", "p95 s", "ratio"])
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
