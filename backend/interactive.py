@@ -133,9 +133,13 @@ class InteractiveSegmentation:
         if not np.any(result.mask):
             logger.info("task %s: the prompt gave an empty mask", task_id)
         items = mask_results(result.mask, result.score, control, label, self.settings.polygon_epsilon)
-        version = getattr(segmenter, "version", None)
-        return {"result": items, "score": result.score,
-                "model_version": f"{model_version}-{version}" if version else model_version}
+        return {"result": items, "score": result.score, "model_version": versioned(model_version, segmenter)}
+
+
+def versioned(model_version: str, segmenter: Segmenter) -> str:
+    """The model version of a prediction: the base version plus a fine-tuned decoder's version, if any."""
+    version = getattr(segmenter, "version", None)
+    return f"{model_version}-{version}" if version else model_version
 
 
 def precompute_embeddings(urls: list[str]) -> dict:

@@ -71,10 +71,6 @@ class InProcessQueue:
         """The job's result (tests and CLIs)."""
         return self._jobs[job_id][1].result(timeout=timeout)
 
-    def pending(self) -> int:
-        with self._lock:
-            return sum(1 for _, future in self._jobs.values() if not future.done())
-
 
 class RedisQueue:
     """RQ jobs on Redis; `rq worker backend --url REDIS_URL` processes run them on any machine."""
@@ -110,9 +106,6 @@ class RedisQueue:
             body["error"] = (job.exc_info or "").strip().splitlines()[-1:] or ["failed"]
             body["error"] = body["error"][0]
         return body
-
-    def pending(self) -> int:
-        return len(self.queue)
 
 
 _queue: InProcessQueue | RedisQueue | None = None

@@ -21,7 +21,7 @@ import numpy as np
 from .detector import Detection, get_detector, non_max_suppression
 from .errors import BackendError, InputError
 from .images import read_task_image
-from .interactive import InteractiveSegmentation, get_segmentation, task_image_url
+from .interactive import InteractiveSegmentation, get_segmentation, task_image_url, versioned
 from .label_config import LabelConfig, parse_label_config
 from .ls_client import call, make_client
 from .mask_encoding import mask_results
@@ -96,9 +96,8 @@ def prelabel_task(task: dict, config: LabelConfig, settings: Settings, model_ver
             items += mask_results(result.mask, score, control, label, settings.polygon_epsilon)
             scores.append(score)
         _log_detections(task_id, found, pairs)
-    version = getattr(segmenter, "version", None)
     return {"result": items, "score": float(np.mean(scores)) if scores else 0.0,
-            "model_version": f"{model_version}-{version}" if version else model_version}
+            "model_version": versioned(model_version, segmenter)}
 
 
 def _log_detections(task_id, found: list[Detection], pairs: list[tuple[str, str]]) -> None:
