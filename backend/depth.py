@@ -24,6 +24,7 @@ from PIL import Image
 from .errors import BackendError
 from .images import read_task_image
 from .ls_client import call, make_client
+from .model_cache import ModelCache
 from .pretrained import from_pretrained, resolve_device
 from .settings import Settings, get_settings
 from .storage import LocalStorage, S3Storage, make_storage
@@ -67,16 +68,11 @@ class DepthEstimator:
         return DepthMap(values, self.metric, self.name)
 
 
-_estimator: DepthEstimator | None = None
-_estimator_lock = threading.Lock()
+_estimators: ModelCache[DepthEstimator] = ModelCache(DepthEstimator)
 
 
 def get_estimator(settings: Settings) -> DepthEstimator:
-    global _estimator
-    with _estimator_lock:
-        if _estimator is None or _estimator.name != settings.depth_model:
-            _estimator = DepthEstimator(settings.depth_model, settings.device)
-        return _estimator
+    return _estimators.get(settings.depth_model, settings.device)
 
 
 def png16(depth: np.ndarray) -> tuple[bytes, float, float]:

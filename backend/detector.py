@@ -8,12 +8,11 @@ folder saved with save_pretrained.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ModelUnavailableError
+from .model_cache import ModelCache
 from .pretrained import from_pretrained, resolve_device
 
 
@@ -89,24 +88,11 @@ class TextDetector:
         return detections
 
 
-_detector: TextDetector | None = None
-_failure: tuple[str, float, ModelUnavailableError] | None = None
-_detector_lock = threading.Lock()
-RETRY_AFTER = 30.0  # seconds before a failed load is tried again (a hub download can take long to fail)
+_detectors: ModelCache[TextDetector] = ModelCache(TextDetector)
 
 
 def get_detector(name: str, device: str = "cpu") -> TextDetector:
-    global _detector, _failure
-    with _detector_lock:
-        if _detector is None or _detector.name != name:
-            if _failure and _failure[0] == name and time.monotonic() - _failure[1] < RETRY_AFTER:
-                raise _failure[2]
-            try:
-                _detector = TextDetector(name, device)
-            except ModelUnavailableError as exc:
-                _failure = (name, time.monotonic(), exc)
-                raise
-        return _detector
+    return _detectors.get(name, device)
 
 
 def non_max_suppression(detections: list[Detection], iou_threshold: float = 0.5) -> list[Detection]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 
 from . import compat
 from .errors import ModelUnavailableError
+from .model_cache import ModelCache
 from .pretrained import resolve_device
 from .segmenter import Segmenter
 from .settings import OFFICIAL_CHECKPOINTS, Settings
@@ -176,39 +175,23 @@ def load_segmenter(settings: Settings) -> Segmenter:
 
 
 class SegmenterHolder:
-    """Loads the engine once per process, on first use; a failure is remembered and retried after a pause."""
-
-    retry_after = 30.0  # seconds before a failed load (e.g. a download) is tried again
+    """The configured engine, loaded once per process on first use (a failed load is retried after a pause)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._segmenter: Segmenter | None = None
-        self._error: ModelUnavailableError | None = None
-        self._failed_at = 0.0
-        self._lock = threading.Lock()
+        self._cache: ModelCache[Segmenter] = ModelCache(lambda: load_segmenter(settings))
 
     def get(self) -> Segmenter:
-        if self._segmenter is not None:
-            return self._segmenter
-        with self._lock:
-            if self._segmenter is None:
-                if self._error is not None and time.monotonic() - self._failed_at < self.retry_after:
-                    raise self._error
-                try:
-                    self._segmenter = load_segmenter(self.settings)
-                    self._error = None
-                except ModelUnavailableError as exc:
-                    self._error, self._failed_at = exc, time.monotonic()
-                    raise
-        return self._segmenter
+        return self._cache.get()
 
     def status(self) -> dict:
         """For /health: loaded, or what is missing."""
-        if self._segmenter is not None:
-            return {"engine": self.settings.sam_engine, "loaded": True, "fingerprint": self._segmenter.fingerprint}
-        problem = None
-        if self._error is not None:
-            problem = str(self._error)
+        segmenter = self._cache.loaded()
+        if segmenter is not None:
+            return {"engine": self.settings.sam_engine, "loaded": True, "fingerprint": segmenter.fingerprint}
+        problem, error = None, self._cache.failure()
+        if error is not None:
+            problem = str(error)
         elif self.settings.sam_engine != "grabcut" and not self.settings.checkpoint_path.is_file():
             problem = missing_checkpoint_message(self.settings)
         return {"engine": self.settings.sam_engine, "loaded": False, "problem": problem}

@@ -7,7 +7,6 @@ so pixels outside the (dilated) region keep the original exactly.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import cv2
@@ -15,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import InputError
+from .model_cache import ModelCache
 from .pretrained import from_pretrained, resolve_device
 from .settings import Settings
 
@@ -81,18 +81,17 @@ class KandinskyInpainter:
                             guidance_scale=request.guidance, generator=generator).images[0]
 
 
-_engines: dict[tuple, object] = {}
-_engines_lock = threading.Lock()
+def _load_inpainter(engine: str, settings: Settings):
+    return (StableDiffusionInpainter if engine == "sd2" else KandinskyInpainter)(settings)
+
+
+_inpainters: ModelCache = ModelCache(_load_inpainter, keep=2)
 
 
 def get_inpainter(engine: str, settings: Settings):
     if engine not in ENGINES:
         raise InputError(f"unknown inpainting engine {engine!r}; use one of {list(ENGINES)}", "engine")
-    key = (engine, settings.sd_inpaint_model, settings.kandinsky_prior_model, settings.kandinsky_inpaint_model)
-    with _engines_lock:
-        if key not in _engines:
-            _engines[key] = (StableDiffusionInpainter if engine == "sd2" else KandinskyInpainter)(settings)
-        return _engines[key]
+    return _inpainters.get(engine, settings)
 
 
 def region_crop(mask: np.ndarray, context: float = 0.5) -> tuple[int, int, int]:

@@ -1,0 +1,66 @@
+"""Models loaded once per process, by key; a failed load is remembered and retried only after a pause."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+from .errors import ModelUnavailableError
+
+T = TypeVar("T")
+
+
+class ModelCache(Generic[T]):
+    """`get(*key)` loads with `load(*key)` on first use and keeps the `keep` most recently used models.
+
+    A load that raises ModelUnavailableError is not tried again for `retry_after` seconds (the same error
+    is raised at once): offline, a missing hub model takes ~20 s to fail, which a bulk run would otherwise
+    pay for every task. Loads run under the lock, so concurrent first requests load a model once.
+    """
+
+    retry_after = 30.0
+
+    def __init__(self, load: Callable[..., T], keep: int = 1):
+        self._load = load
+        self.keep = keep
+        self._models: OrderedDict[Hashable, T] = OrderedDict()
+        self._failures: dict[Hashable, tuple[float, ModelUnavailableError]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, *key: Hashable) -> T:
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            failure = self._failures.get(key)
+            if failure is not None and time.monotonic() - failure[0] < self.retry_after:
+                raise failure[1]
+            try:
+                model = self._load(*key)
+            except ModelUnavailableError as exc:
+                self._failures[key] = (time.monotonic(), exc)
+                raise
+            self._failures.pop(key, None)
+            self._models[key] = model
+            while len(self._models) > self.keep:
+                self._models.popitem(last=False)
+            return model
+
+    def loaded(self, *key: Hashable) -> T | None:
+        """The model if it is loaded (never loads)."""
+        with self._lock:
+            return self._models.get(key)
+
+    def failure(self, *key: Hashable) -> ModelUnavailableError | None:
+        """The last load error of `key`, if its load failed and has not succeeded since."""
+        with self._lock:
+            entry = self._failures.get(key)
+            return entry[1] if entry else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+            self._failures.clear()

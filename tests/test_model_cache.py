@@ -1,0 +1,58 @@
+"""The one model cache behind SAM, detector, depth and inpainting models."""
+
+import pytest
+
+from backend import depth
+from backend.errors import ModelUnavailableError
+from backend.model_cache import ModelCache
+from backend.settings import Settings
+
+
+def test_keeps_the_most_recent_models_and_loads_each_once():
+    calls = []
+    cache = ModelCache(lambda name: calls.append(name) or object(), keep=2)
+    a = cache.get("a")
+    assert cache.get("a") is a and cache.loaded("b") is None
+    cache.get("b")
+    cache.get("a")  # a is now the most recent
+    cache.get("c")  # evicts b
+    assert cache.loaded("a") is a and cache.loaded("b") is None
+    assert calls == ["a", "b", "c"]
+
+
+def test_a_failed_load_is_not_retried_until_the_pause_is_over():
+    calls = []
+
+    def load(name):
+        calls.append(name)
+        if len(calls) < 3:
+            raise ModelUnavailableError(f"{name} missing", "SETTING")
+        return name
+
+    cache = ModelCache(load)
+    for _ in range(2):
+        with pytest.raises(ModelUnavailableError, match="x missing"):
+            cache.get("x")
+    assert calls == ["x"] and "x missing" in str(cache.failure("x"))
+    cache.retry_after = 0.0
+    with pytest.raises(ModelUnavailableError):
+        cache.get("x")
+    assert cache.get("x") == "x" and cache.failure("x") is None
+    assert calls == ["x", "x", "x"]
+
+
+def test_a_missing_depth_model_fails_once_per_pause_in_a_bulk_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(depth, "_estimators", ModelCache(depth.DepthEstimator))
+    loads = []
+    original = depth.DepthEstimator.__init__
+
+    def counting(self, *args):
+        loads.append(args)
+        original(self, *args)
+
+    monkeypatch.setattr(depth.DepthEstimator, "__init__", counting)
+    settings = Settings(depth_model=str(tmp_path / "no-model"))
+    for _ in range(3):
+        with pytest.raises(ModelUnavailableError, match="DEPTH_MODEL"):
+            depth.get_estimator(settings)
+    assert len(loads) == 1
