@@ -8,7 +8,7 @@ import hashlib
 import io
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -41,13 +41,22 @@ class TaskImage:
 
     data: bytes
     source: str
+    _decoded: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @cached_property
     def key(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
     def decode(self, max_pixels: int = 200_000_000) -> np.ndarray:
-        """HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows it)."""
+        """HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows it); read-only, decoded once
+        (the detector and the encoder of a pre-labeled task share it)."""
+        if max_pixels not in self._decoded:
+            array = self._decode(max_pixels)
+            array.setflags(write=False)
+            self._decoded[max_pixels] = array
+        return self._decoded[max_pixels]
+
+    def _decode(self, max_pixels: int) -> np.ndarray:
         Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             with Image.open(io.BytesIO(self.data)) as img:

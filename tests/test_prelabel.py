@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from backend.detector import Detection, get_detector, non_max_suppression
+from backend.images import TaskImage
 from backend.label_config import parse_label_config
 from backend.mask_encoding import rle_to_mask
 from backend.prelabel import category_prompts, prelabel_task
@@ -86,9 +87,13 @@ def test_each_detected_box_becomes_a_labeled_mask_of_its_object(configure, monke
              Detection((0, 0, 10, 10), 0.1, 0)]  # below the threshold
     stand_in = BoxesOf(boxes)
     monkeypatch.setattr("backend.prelabel.get_detector", lambda *a: stand_in)
+    decodes = []
+    original_decode = TaskImage._decode
+    monkeypatch.setattr(TaskImage, "_decode", lambda self, *a: decodes.append(1) or original_decode(self, *a))
     task = {"id": 3, "data": {"image": data_uri(encode_image(image))}}
     prediction = prelabel_task(task, CONFIG, get_settings(), "grabcut")
     assert stand_in.prompts == ["Disk", "Background"]  # all categories asked at once
+    assert len(decodes) == 1  # the detector and the encoder (cold cache) share one decoded image
     assert [r["value"]["brushlabels"] for r in prediction["result"]] == [["Disk"], ["Background"]]
     for result, mask in zip(prediction["result"], masks, strict=True):
         assert iou(rle_to_mask(result["value"]["rle"], 160, 240), mask) > 0.85
