@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -40,10 +41,68 @@ def random_checkpoint(engine: str, folder: Path) -> Path:
     return path
 
 
+def region_mask_checkpoint(engine: str, folder: Path, image_path: Path) -> Path:
+    """The random checkpoint with two changes that make its masks regions instead of pixel noise, at the
+    same compute: each transposed-convolution kernel of the mask upscaler has its four taps tied to one
+    random value (untied random taps paint a 4-px checkerboard), and the hypernetwork output biases are
+    shifted so that a click's mask logits centre on zero over `image_path` (else nearly all on).
+
+    Fully random weights decode to ~100k runs per megapixel, where a real object mask has a few hundred;
+    label-studio-sdk's RLE encoder walks runs in Python, so only masks with a realistic run count give a
+    realistic end-to-end click time. These masks have a few thousand runs: still more than an object's.
+    """
+    from backend import compat
+    from backend.engines import build_sam
+
+    path = folder / f"regions_{engine}.pth"
+    if path.exists():
+        return path
+    state = torch.load(random_checkpoint(engine, folder), map_location="cpu")
+    for name in ("mask_decoder.output_upscaling.0.weight", "mask_decoder.output_upscaling.3.weight"):
+        state[name] = state[name][:, :, :1, :1].expand_as(state[name]).clone()
+    sam = build_sam(engine)
+    sam.load_state_dict(state)
+    compat.install()
+    from segment_anything import SamPredictor
+
+    decoder = sam.mask_decoder
+    upscaled, hypers = [], []
+    decoder.output_upscaling.register_forward_hook(lambda m, i, out: upscaled.append(out.mean(dim=(0, 2, 3))))
+    for mlp in decoder.output_hypernetworks_mlps:
+        mlp.register_forward_hook(lambda m, i, out: hypers.append(out.reshape(-1, out.shape[-1])))
+    predictor = SamPredictor(sam.eval())
+    image = np.asarray(Image.open(image_path).convert("RGB"))
+    predictor.set_image(image)
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        for _ in range(8):
+            point = rng.uniform(0.1, 0.9, 2) * (image.shape[1], image.shape[0])
+            predictor.predict(point_coords=point[None], point_labels=np.array([1]))
+    mean_features = torch.stack(upscaled).mean(0)
+    shift = float((torch.cat(hypers) @ mean_features).mean() / (mean_features @ mean_features))
+    for index in range(len(decoder.output_hypernetworks_mlps)):
+        name = f"mask_decoder.output_hypernetworks_mlps.{index}.layers.2.bias"
+        state[name] = state[name] - shift * mean_features
+    torch.save(state, path)
+    return path
+
+
+def distinct_files(paths: list[Path]) -> list[Path]:
+    """`paths` without files whose bytes an earlier one has (COCO_MVal repeats photos across instances)."""
+    seen, distinct = set(), []
+    for path in paths:
+        digest = hashlib.sha256(path.read_bytes()).digest()
+        if digest not in seen:
+            seen.add(digest)
+            distinct.append(path)
+    return distinct
+
+
 def bench_images(folder: Path, count: int, long_side: int) -> list[Path]:
-    """`count` JPEGs made from the COCO_MVal photos (or synthetic ones), resized to `long_side`."""
+    """`count` distinct JPEGs made from the COCO_MVal photos (or synthetic ones), resized to `long_side`."""
     folder.mkdir(parents=True, exist_ok=True)
     sources = sorted(SHARED_IMAGES.glob("*.jpg")) if SHARED_IMAGES.is_dir() else []
+    sources = distinct_files(sources)
     rng = np.random.default_rng(0)
     paths = []
     for index in range(count):
