@@ -49,7 +49,7 @@ def region_mask_checkpoint(engine: str, folder: Path, image_path: Path) -> Path:
 
     Fully random weights decode to ~100k runs per megapixel, where a real object mask has a few hundred;
     label-studio-sdk's RLE encoder walks runs in Python, so only masks with a realistic run count give a
-    realistic end-to-end click time. These masks have a few thousand runs: still more than an object's.
+    realistic end-to-end click time. These masks have hundreds to a few thousand runs.
     """
     from backend import compat
     from backend.engines import build_sam
@@ -131,6 +131,19 @@ def static_server(folder: Path):
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+@contextmanager
+def redis_server():
+    """A throw-away redis-server on a free loopback port (no persistence); yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @contextmanager

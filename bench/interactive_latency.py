@@ -1,14 +1,17 @@
 """Interactive click latency over HTTP against the bare SAM decoder, with real-size random-weight models.
 
     ./run bench interactive_latency [--engines vit_t vit_b] [--sizes 1024 2048] [--clicks 40] [--cached 100]
+                                    [--no-redis]
 
 Per engine and image size: warm click (embedding cached) median and p95 over HTTP to gunicorn, the
 bare decoder (segment_anything's SamPredictor.predict after set_image, same image) median measured in
 the same run, their ratio, and the cold click (new image: download, encoder, decode) median. Then the
-peak memory of the server worker after `--cached` distinct images have been embedded.
+peak memory of the server worker after `--cached` distinct images have been embedded. A last row
+serves MobileSAM from the Redis cache with 2 workers and no per-worker front LRU, so every warm click
+fetches its embedding from Redis (what a click costs on a worker that has not seen the image).
 
 The server loads `region_mask_checkpoint` (bench/common.py): random weights whose decoder paints
-regions (a few thousand runs per mask) instead of salt-and-pepper noise (~100k runs at 1 MP), because
+regions (hundreds to a few thousand runs per mask) instead of salt-and-pepper noise (~100k runs at 1 MP), because
 the brush RLE encoder (label-studio-sdk) and the JSON cost grow with the run count and a real object
 mask has a few hundred. The second table measures that step for the three kinds of mask: fully random
 weights, the bench checkpoint's, and a real COCO object mask.
@@ -34,6 +37,7 @@ from common import (
     image_size,
     print_table,
     random_checkpoint,
+    redis_server,
     region_mask_checkpoint,
     static_server,
     stats_ms,
@@ -113,6 +117,36 @@ def mask_encoding_rows(engine: str, checkpoints: dict[str, Path], image_path: Pa
     return {f"{kind} mask runs / encode ms": f"{runs(mask)} / {encoding_ms(mask):.1f}" for kind, mask in masks.items()}
 
 
+def click_latencies(url: str, base_url: str, paths: list[Path], clicks: int) -> tuple[tuple, tuple]:
+    """(median, p95) of a first click on each image (cold), then of `clicks` clicks on the first (warm)."""
+    width, height = image_size(paths[0])
+    rng = np.random.default_rng(0)
+    cold, warm = [], []
+    for index in range(len(paths) + clicks):
+        path, x, y = (paths[index], 50, 50) if index < len(paths) else (paths[0], *rng.uniform(10, 90, 2))
+        body = click_body(f"{base_url}/{path.name}", width, height, x, y)
+        started = time.perf_counter()
+        response = requests.post(url + "/predict", json=body, timeout=600)
+        (cold if index < len(paths) else warm).append(time.perf_counter() - started)
+        response.raise_for_status()
+    return stats_ms(warm), stats_ms(cold)
+
+
+def redis_row(args, workdir: Path, images_dir: Path, base_url: str) -> dict:
+    """MobileSAM at 1024 px with the Redis cache, 2 workers and no per-worker front LRU: every click
+    fetches its embedding from Redis (a click landing on a worker that has not seen the image)."""
+    checkpoint = region_mask_checkpoint("vit_t", workdir, images_dir / "img000_1024.jpg")
+    with redis_server() as redis_url:
+        env = {"SAM_ENGINE": "vit_t", "SAM_CHECKPOINT": str(checkpoint), "REDIS_URL": redis_url,
+               "EMBEDDING_CACHE_LOCAL_MB": "0"}
+        with backend_server(env, workdir, workers=2, threads=2) as (url, _):
+            paths = bench_images(images_dir, 2, 1024)
+            warm, cold = click_latencies(url, base_url, paths, args.clicks)
+    width, height = image_size(paths[0])
+    return {"engine": "vit_t, Redis, 2 workers", "image": f"{width}x{height}", "warm median ms": f"{warm[0]:.1f}",
+            "warm p95 ms": f"{warm[1]:.1f}", "cold median ms": f"{cold[0]:.0f}"}
+
+
 def run_engine(engine: str, args, workdir: Path, images_dir: Path, base_url: str) -> tuple[list[dict], dict | None]:
     rows, memory = [], None
     cold_count = 2 if engine in ("vit_b", "vit_l", "vit_h") else 5
@@ -122,24 +156,9 @@ def run_engine(engine: str, args, workdir: Path, images_dir: Path, base_url: str
     with backend_server(env, workdir) as (url, pid):
         for size in args.sizes:
             paths = bench_images(images_dir, cold_count, size)
+            warm, cold = click_latencies(url, base_url, paths, args.clicks)
             width, height = image_size(paths[0])
-            rng = np.random.default_rng(0)
-            cold = []
-            for path in paths:
-                body = click_body(f"{base_url}/{path.name}", width, height, 50, 50)
-                started = time.perf_counter()
-                response = requests.post(url + "/predict", json=body, timeout=600)
-                cold.append(time.perf_counter() - started)
-                response.raise_for_status()
-            warm = []
-            for _ in range(args.clicks):
-                x, y = rng.uniform(10, 90, 2)
-                body = click_body(f"{base_url}/{paths[0].name}", width, height, x, y)
-                started = time.perf_counter()
-                response = requests.post(url + "/predict", json=body, timeout=600)
-                warm.append(time.perf_counter() - started)
-                response.raise_for_status()
-            rows.append({"engine": engine, "image": f"{width}x{height}", "warm": stats_ms(warm), "cold": stats_ms(cold),
+            rows.append({"engine": engine, "image": f"{width}x{height}", "warm": warm, "cold": cold,
                          "path": paths[0]})
         if engine == "vit_t" and args.cached:
             paths = bench_images(images_dir / "many", args.cached, 1024)
@@ -170,6 +189,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[1024, 2048])
     parser.add_argument("--clicks", type=int, default=40)
     parser.add_argument("--cached", type=int, default=100, help="distinct images embedded for the memory figure")
+    parser.add_argument("--no-redis", dest="redis", action="store_false", help="skip the Redis-cache row")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,6 +203,8 @@ def main() -> None:
                 rows += engine_rows
                 encodings += encoding_rows
                 memories += [memory] if memory else []
+            if "vit_t" in args.engines and args.redis:
+                rows.append(redis_row(args, workdir, images_dir, base_url))
         print()
         print_table(rows, ["engine", "image", "warm median ms", "warm p95 ms", "bare decoder ms", "ratio warm/bare",
                            "engine decode ms", "cold median ms"])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, bench_images, free_port, print_table, random_checkpoint
+from common import ROOT, bench_images, print_table, random_checkpoint, redis_server
 
 LABELS = ["person", "car", "dog", "chair", "bottle"]
 CONFIG = "<View><Image name='image' value='$image'/><BrushLabels name='tag' toName='image'>" + "".join(
@@ -96,11 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        port = free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        try:
+        with redis_server() as redis_url:
             images = bench_images(tmp / "images", args.images, 1024)
             env = {"SAM_ENGINE": "vit_t", "SAM_CHECKPOINT": str(random_checkpoint("vit_t", tmp)),
                    "SAM_DOWNLOAD": "false", "DETECTOR_MODEL": str(save_owlv2_base(tmp / "owlv2")),
@@ -114,8 +110,6 @@ def main() -> None:
                              "images/min": round(60 * len(images) / seconds, 2)})
             for row in rows:
                 row["ratio"] = round(row["images/min"] / rows[0]["images/min"], 2)
-        finally:
-            redis.terminate()
         print(f"bulk pre-labeling: OWLv2 base/16 @960 + MobileSAM, {args.detections} boxes per 1024 px image, "
               f"{len(LABELS)} categories in one detector pass")
         print_table(rows, ["workers", "images", "seconds", "images/min", "ratio"])
