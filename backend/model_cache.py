@@ -18,7 +18,8 @@ class ModelCache(Generic[T]):
 
     A load that raises ModelUnavailableError is not tried again for `retry_after` seconds (the same error
     is raised at once): offline, a missing hub model takes ~20 s to fail, which a bulk run would otherwise
-    pay for every task. Loads run under the lock, so concurrent first requests load a model once.
+    pay for every task. One load runs at a time, so concurrent first requests load a model once, and
+    `loaded` / `failure` (for /health) answer at once even while a long load or download runs.
     """
 
     retry_after = 30.0
@@ -28,39 +29,48 @@ class ModelCache(Generic[T]):
         self.keep = keep
         self._models: OrderedDict[Hashable, T] = OrderedDict()
         self._failures: dict[Hashable, tuple[float, ModelUnavailableError]] = {}
-        self._lock = threading.Lock()
+        self._state_lock = threading.Lock()  # guards the two dicts, held briefly
+        self._load_lock = threading.Lock()  # held for the whole load
 
     def get(self, *key: Hashable) -> T:
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-            failure = self._failures.get(key)
+        model = self.loaded(*key)
+        if model is not None:
+            return model
+        with self._load_lock:
+            with self._state_lock:
+                if key in self._models:
+                    return self._models[key]
+                failure = self._failures.get(key)
             if failure is not None and time.monotonic() - failure[0] < self.retry_after:
                 raise failure[1]
             try:
                 model = self._load(*key)
             except ModelUnavailableError as exc:
-                self._failures[key] = (time.monotonic(), exc)
+                with self._state_lock:
+                    self._failures[key] = (time.monotonic(), exc)
                 raise
-            self._failures.pop(key, None)
-            self._models[key] = model
-            while len(self._models) > self.keep:
-                self._models.popitem(last=False)
+            with self._state_lock:
+                self._failures.pop(key, None)
+                self._models[key] = model
+                while len(self._models) > self.keep:
+                    self._models.popitem(last=False)
             return model
 
     def loaded(self, *key: Hashable) -> T | None:
-        """The model if it is loaded (never loads)."""
-        with self._lock:
-            return self._models.get(key)
+        """The model if it is loaded (never loads, never waits for a load)."""
+        with self._state_lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+            return model
 
     def failure(self, *key: Hashable) -> ModelUnavailableError | None:
         """The last load error of `key`, if its load failed and has not succeeded since."""
-        with self._lock:
+        with self._state_lock:
             entry = self._failures.get(key)
             return entry[1] if entry else None
 
     def clear(self) -> None:
-        with self._lock:
+        with self._state_lock:
             self._models.clear()
             self._failures.clear()

@@ -1,5 +1,8 @@
 """The one model cache behind SAM, detector, depth and inpainting models."""
 
+import threading
+import time
+
 import pytest
 
 from backend import depth
@@ -56,3 +59,23 @@ def test_a_missing_depth_model_fails_once_per_pause_in_a_bulk_run(tmp_path, monk
         with pytest.raises(ModelUnavailableError, match="DEPTH_MODEL"):
             depth.get_estimator(settings)
     assert len(loads) == 1
+
+
+def test_status_answers_while_a_long_load_runs():
+    started, release = threading.Event(), threading.Event()
+
+    def slow_load():
+        started.set()
+        release.wait(10)
+        return "model"
+
+    cache = ModelCache(slow_load)
+    loader = threading.Thread(target=cache.get)
+    loader.start()
+    assert started.wait(10)
+    began = time.monotonic()
+    assert cache.loaded() is None and cache.failure() is None  # /health does not wait for the load
+    assert time.monotonic() - began < 1
+    release.set()
+    loader.join(10)
+    assert cache.loaded() == "model"
