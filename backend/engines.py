@@ -171,7 +171,8 @@ def load_segmenter(settings: Settings) -> Segmenter:
         return GrabCutSegmenter()
     from .sam_engine import SamSegmenter
 
-    return SamSegmenter(load_sam(settings), settings.sam_engine, resolve_device(settings.device))
+    return SamSegmenter(load_sam(settings), settings.sam_engine, resolve_device(settings.device),
+                        float16_features=settings.embedding_float16)
 
 
 class SegmenterHolder:

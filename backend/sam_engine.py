@@ -33,6 +33,11 @@ def weights_fingerprint(module: torch.nn.Module, samples: int = 4096) -> str:
     return digest.hexdigest()[:16]
 
 
+def features_tensor(embedding: Embedding, device: torch.device) -> torch.Tensor:
+    """The embedding's image features as a float32 tensor on `device` (the cache may hold float16)."""
+    return torch.from_numpy(embedding.features).to(device, torch.float32)
+
+
 class SamSegmenter:
     """Embeds with the image encoder; decodes with the prompt encoder + mask decoder.
 
@@ -45,8 +50,10 @@ class SamSegmenter:
 
     contexts_kept = 4
 
-    def __init__(self, model: Sam, name: str, device: torch.device, fingerprint: str | None = None):
+    def __init__(self, model: Sam, name: str, device: torch.device, fingerprint: str | None = None,
+                 float16_features: bool = False):
         self.model = model.to(device).eval()
+        self.features_dtype = np.float16 if float16_features else np.float32
         self.name = name
         self.device = device
         self.version: str | None = None  # a fine-tuned decoder's version name
@@ -67,7 +74,8 @@ class SamSegmenter:
             pixel_std=self.model.pixel_std.flatten().tolist(),
         )
         model.mask_decoder.load_state_dict(decoder_state, strict=True)
-        tuned = SamSegmenter(model, self.name, self.device, fingerprint=self.fingerprint)
+        tuned = SamSegmenter(model, self.name, self.device, fingerprint=self.fingerprint,
+                             float16_features=self.features_dtype == np.float16)
         tuned.version = version
         return tuned
 
@@ -77,7 +85,7 @@ class SamSegmenter:
         pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         features = self.model.image_encoder(self.model.preprocess(pixels.float()))
         return Embedding(
-            features=features.cpu().numpy(),
+            features=features.cpu().numpy().astype(self.features_dtype, copy=False),
             original_size=(int(image.shape[0]), int(image.shape[1])),
             input_size=(int(resized.shape[0]), int(resized.shape[1])),
         )
@@ -103,7 +111,7 @@ class SamSegmenter:
             if entry is not None and entry[0] is embedding.features:
                 self._contexts.move_to_end(key)
                 return entry[1]
-        context = self.fast.image_context(torch.from_numpy(embedding.features).to(self.device))
+        context = self.fast.image_context(features_tensor(embedding, self.device))
         with self._contexts_lock:
             self._contexts[key] = (embedding.features, context)
             while len(self._contexts) > self.contexts_kept:
@@ -121,7 +129,7 @@ class SamSegmenter:
             masks = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)[None]
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
             low_res, scores = self.model.mask_decoder(
-                image_embeddings=torch.from_numpy(embedding.features).to(self.device),
+                image_embeddings=features_tensor(embedding, self.device),
                 image_pe=self.model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,

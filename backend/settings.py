@@ -37,6 +37,7 @@ class Settings:
     embedding_cache_mb: int = 1024  # in-process LRU bound, in MiB (without Redis)
     embedding_cache_local_mb: int = 128  # with Redis: each worker's own front LRU, in MiB
     embedding_cache_ttl: int = 7 * 24 * 3600  # seconds an embedding lives in Redis
+    embedding_float16: bool = True  # keep SAM embeddings as float16: half the cache memory and Redis traffic
     label_studio_url: str = ""  # for uploaded / local-storage / cloud images
     label_studio_api_key: str = ""
     image_cache_dir: str = "data/images"  # downloaded task images

@@ -147,7 +147,7 @@ def validation_iou(segmenter, examples: list[Example]) -> float:
 def train_step(segmenter, decoder, example: Example, prompts: list[Prompt], target: torch.Tensor) -> torch.Tensor:
     """The loss of one image's prompts (clicks train the 3 ambiguity masks, boxes the single mask)."""
     device, transform, prompt_encoder = segmenter.device, segmenter.transform, segmenter.model.prompt_encoder
-    features = torch.from_numpy(example.embedding.features).to(device)
+    features = torch.from_numpy(example.embedding.features).to(device, torch.float32)
     pe = prompt_encoder.get_dense_pe()
     losses = []
     for prompt in prompts:

@@ -31,8 +31,8 @@ def test_official_checkpoint_round_trip(engine, tiny_checkpoints):
 
 @pytest.mark.parametrize("engine", ["vit_b", "vit_t"])
 def test_decode_matches_official_sam_predictor(engine, tiny_checkpoints):
-    """Our stateless engine gives exactly what segment_anything's SamPredictor gives."""
-    segmenter = load_segmenter(tiny_settings(engine, tiny_checkpoints[engine]))
+    """Our stateless engine gives exactly what segment_anything's SamPredictor gives (float32 embeddings)."""
+    segmenter = load_segmenter(tiny_settings(engine, tiny_checkpoints[engine], embedding_float16=False))
     image, _ = disk_image(300, 200)
     predictor = SamPredictor(segmenter.model)
     predictor.set_image(image)
@@ -66,7 +66,7 @@ def test_decode_matches_official_sam_predictor(engine, tiny_checkpoints):
 @pytest.mark.parametrize("engine", ["vit_b", "vit_t"])
 def test_fast_decoder_equals_official_mask_decoder_logits(engine, tiny_checkpoints):
     """FastMaskDecoder is the official MaskDecoder reorganised: same logits, same scores."""
-    segmenter = load_segmenter(tiny_settings(engine, tiny_checkpoints[engine]))
+    segmenter = load_segmenter(tiny_settings(engine, tiny_checkpoints[engine], embedding_float16=False))
     model = segmenter.model
     embedding = segmenter.embed(disk_image(256, 256)[0])
     features = torch.from_numpy(embedding.features)
@@ -88,6 +88,20 @@ def test_fast_decoder_equals_official_mask_decoder_logits(engine, tiny_checkpoin
             fast_logits, fast_score = segmenter.fast.decode(context, sparse, multimask)
             torch.testing.assert_close(fast_logits, low_res[:, best : best + 1], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(fast_score, scores[0, best : best + 1], rtol=1e-4, atol=1e-6)
+
+
+def test_float16_embeddings_take_half_the_memory_and_give_the_same_masks(tiny_checkpoints):
+    exact = load_segmenter(tiny_settings("vit_t", tiny_checkpoints["vit_t"], embedding_float16=False))
+    half = load_segmenter(tiny_settings("vit_t", tiny_checkpoints["vit_t"]))  # the default
+    image, _ = disk_image(300, 200)
+    full_embedding, half_embedding = exact.embed(image), half.embed(image)
+    assert half_embedding.features.dtype == np.float16
+    assert half_embedding.nbytes * 2 == full_embedding.nbytes
+    rng = np.random.default_rng(0)
+    for point in rng.uniform((0, 0), (300, 200), (10, 2)):
+        click = Prompt(points=point[None].astype(np.float32), labels=np.array([1]))
+        a, b = exact.decode(full_embedding, click), half.decode(half_embedding, click)
+        assert iou(a.mask, b.mask) > 0.99 and b.score == pytest.approx(a.score, abs=1e-2)
 
 
 def test_checkpoint_of_another_architecture_is_named(tiny_checkpoints):
