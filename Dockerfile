@@ -21,7 +21,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --extra-index-url "${TORCH_INDEX}" -c constraints.txt -r requirements.txt
 
 COPY backend ./backend
-COPY model.py _wsgi.py label_config.xml ./
+COPY model.py _wsgi.py gunicorn.conf.py label_config.xml ./
 COPY label_configs ./label_configs
 
 VOLUME /data

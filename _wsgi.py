@@ -7,7 +7,7 @@ import logging
 import os
 
 from backend import job_routes
-from backend.interactive import get_segmentation
+from backend.interactive import get_segmentation, preload_in_background
 from backend.protocol import create_app
 from backend.settings import get_settings
 from model import SamBackend
@@ -59,6 +59,7 @@ def main() -> None:
         get_segmentation().engine.get()
         print(_health())
         return
+    preload_in_background()
     app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)
 
 

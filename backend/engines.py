@@ -186,10 +186,12 @@ class SegmenterHolder:
         return self._cache.get()
 
     def status(self) -> dict:
-        """For /health: loaded, or what is missing."""
+        """For /health: loaded, loading (or downloading), or what is missing."""
         segmenter = self._cache.loaded()
         if segmenter is not None:
             return {"engine": self.settings.sam_engine, "loaded": True, "fingerprint": segmenter.fingerprint}
+        if self._cache.loading():
+            return {"engine": self.settings.sam_engine, "loaded": False, "loading": True}
         problem, error = None, self._cache.failure()
         if error is not None:
             problem = str(error)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .embedding_cache import EmbeddingCache, cache_key, make_cache
 from .engines import SegmenterHolder
-from .errors import InputError
+from .errors import BackendError, InputError
 from .images import TaskImage, read_task_image
 from .label_config import LabelConfig
 from .mask_encoding import mask_results
@@ -169,6 +169,26 @@ def get_segmentation() -> InteractiveSegmentation:
 
             _instance = InteractiveSegmentation(get_settings())
         return _instance
+
+
+def preload_in_background() -> threading.Thread | None:
+    """Load the SAM model (downloading its checkpoint where allowed) in a background thread, so that the
+    first click does not pay for it; /health says `loading` meanwhile and requests wait for it.
+    Served processes call this at start (gunicorn.conf.py, `python _wsgi.py`); PRELOAD_MODEL=false skips it."""
+    from .settings import get_settings
+
+    if not get_settings().preload_model:
+        return None
+
+    def load() -> None:
+        try:
+            get_segmentation().engine.get()
+        except BackendError as exc:  # /health and every /predict say what is missing
+            logger.warning("preloading the model failed: %s", exc)
+
+    thread = threading.Thread(target=load, name="preload-model", daemon=True)
+    thread.start()
+    return thread
 
 
 def reset_segmentation() -> None:

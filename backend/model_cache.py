@@ -29,6 +29,7 @@ class ModelCache(Generic[T]):
         self.keep = keep
         self._models: OrderedDict[Hashable, T] = OrderedDict()
         self._failures: dict[Hashable, tuple[float, ModelUnavailableError]] = {}
+        self._loading: set[Hashable] = set()
         self._state_lock = threading.Lock()  # guards the two dicts, held briefly
         self._load_lock = threading.Lock()  # held for the whole load
 
@@ -43,12 +44,17 @@ class ModelCache(Generic[T]):
                 failure = self._failures.get(key)
             if failure is not None and time.monotonic() - failure[0] < self.retry_after:
                 raise failure[1]
+            with self._state_lock:
+                self._loading.add(key)
             try:
                 model = self._load(*key)
             except ModelUnavailableError as exc:
                 with self._state_lock:
                     self._failures[key] = (time.monotonic(), exc)
                 raise
+            finally:
+                with self._state_lock:
+                    self._loading.discard(key)
             with self._state_lock:
                 self._failures.pop(key, None)
                 self._models[key] = model
@@ -63,6 +69,11 @@ class ModelCache(Generic[T]):
             if model is not None:
                 self._models.move_to_end(key)
             return model
+
+    def loading(self, *key: Hashable) -> bool:
+        """Whether `key` is being loaded right now."""
+        with self._state_lock:
+            return key in self._loading
 
     def failure(self, *key: Hashable) -> ModelUnavailableError | None:
         """The last load error of `key`, if its load failed and has not succeeded since."""

@@ -32,6 +32,7 @@ class Settings:
     sam_download: bool = True  # fetch a missing checkpoint from SAM_CHECKPOINT_URL where the network allows
     sam_arch_overrides: str = ""  # JSON of architecture sizes, for custom-size checkpoints
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    preload_model: bool = True  # served processes load (or download) the SAM model at start, in the background
     model_dir: str = "data/models"  # checkpoints and fine-tuned versions
     redis_url: str = ""  # shared embedding cache and job queue; empty: in-process
     embedding_cache_mb: int = 1024  # in-process LRU bound, in MiB (without Redis)

@@ -1,5 +1,7 @@
 """The backend served the way it runs in production: gunicorn, real HTTP, a separate process."""
 
+import time
+
 import pytest
 import requests
 
@@ -70,3 +72,18 @@ def test_started_the_way_label_studio_ml_start_runs_it(tmp_path):
         assert iou(rle_to_mask(item["value"]["rle"], 240, 320), truth) > 0.9
     finally:
         stop(proc)
+
+
+def test_workers_load_the_model_at_start_not_on_the_first_click(served, tiny_checkpoints):
+    url = served(sam_env("vit_t", tiny_checkpoints["vit_t"]))
+    deadline = time.monotonic() + 60
+    states = []
+    while time.monotonic() < deadline:
+        states = [requests.get(url + "/health", timeout=10).json()["engine"] for _ in range(6)]
+        if all(state["loaded"] for state in states):  # /health reaches both workers
+            break
+        assert all(state["loaded"] or state.get("loading") for state in states), states
+        time.sleep(0.2)
+    assert all(state["loaded"] for state in states), states
+    metrics = requests.get(url + "/metrics", timeout=10).json()
+    assert metrics["counts"].get("decoder_runs", 0) == 0  # no click was needed

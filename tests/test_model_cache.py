@@ -75,7 +75,8 @@ def test_status_answers_while_a_long_load_runs():
     assert started.wait(10)
     began = time.monotonic()
     assert cache.loaded() is None and cache.failure() is None  # /health does not wait for the load
+    assert cache.loading()
     assert time.monotonic() - began < 1
     release.set()
     loader.join(10)
-    assert cache.loaded() == "model"
+    assert cache.loaded() == "model" and not cache.loading()
