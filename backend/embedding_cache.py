@@ -1,16 +1,22 @@
-"""Image embeddings keyed by engine fingerprint + image content hash: in-process LRU, or Redis."""
+"""Image embeddings keyed by engine fingerprint + image content hash: in-process LRU, in front of Redis or a
+disk folder."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import os
 import struct
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from .annotations import write_atomic
 from .segmenter import Embedding
 from .settings import Settings
 
@@ -93,28 +99,48 @@ class MemoryCache:
                     "max_bytes": self.max_bytes, "hits": self.hits, "misses": self.misses}
 
 
-class RedisCache:
-    """Embeddings in Redis, shared by every worker process and machine; entries expire after `ttl` seconds.
+class TieredCache:
+    """A small in-process LRU in front of a store that other processes share (Redis, a disk folder).
 
-    A small in-process LRU in front keeps the embeddings this worker used last (entries never change:
-    the key is the content hash), so a burst of clicks on one image does not fetch it again each time.
+    Entries never change (the key is the content hash), so a burst of clicks on one image is served from
+    the front without fetching the embedding again each time.
     """
 
-    def __init__(self, url: str, ttl: int, local_bytes: int = 128 * 1024 * 1024):
+    def __init__(self, front: MemoryCache, back: EmbeddingCache):
+        self.front = front
+        self.back = back
+
+    def get(self, key: str) -> Embedding | None:
+        embedding = self.front.get(key)
+        if embedding is None:
+            embedding = self.back.get(key)
+            if embedding is not None:
+                self.front.put(key, embedding)
+        return embedding
+
+    def put(self, key: str, embedding: Embedding) -> None:
+        self.front.put(key, embedding)
+        self.back.put(key, embedding)
+
+    def stats(self) -> dict:
+        return {**self.back.stats(), "local": self.front.stats()}
+
+
+class RedisStore:
+    """Embeddings in Redis, shared by every worker process and machine; entries expire after `ttl` seconds.
+    An unreachable Redis counts as a miss (logged): the click computes the embedding instead of failing."""
+
+    def __init__(self, url: str, ttl: int):
         import redis
 
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.ttl = ttl
-        self.local = MemoryCache(local_bytes)
         self.hits = self.misses = self.errors = 0
 
     def get(self, key: str) -> Embedding | None:
-        embedding = self.local.get(key)
-        if embedding is not None:
-            return embedding
         try:
             blob = self.client.get(key)
-        except Exception as exc:  # an unreachable cache must not fail the click: compute instead
+        except Exception as exc:
             self.errors += 1
             logger.warning("embedding cache unreachable (%s); computing the embedding", exc)
             return None
@@ -122,12 +148,9 @@ class RedisCache:
             self.misses += 1
             return None
         self.hits += 1
-        embedding = deserialize(blob)
-        self.local.put(key, embedding)
-        return embedding
+        return deserialize(blob)
 
     def put(self, key: str, embedding: Embedding) -> None:
-        self.local.put(key, embedding)
         try:
             self.client.set(key, serialize(embedding), ex=self.ttl)
         except Exception as exc:
@@ -135,11 +158,78 @@ class RedisCache:
             logger.warning("embedding cache unreachable (%s); not stored", exc)
 
     def stats(self) -> dict:
-        return {"kind": "redis", "hits": self.hits, "misses": self.misses, "errors": self.errors,
-                "local": self.local.stats()}
+        return {"kind": "redis", "hits": self.hits, "misses": self.misses, "errors": self.errors}
+
+
+class DiskStore:
+    """Embeddings as files in `folder`: shared by the worker processes of one machine and kept across
+    restarts (precomputed embeddings survive a redeploy). Bounded by total size: the least recently used
+    files are deleted first. A file that cannot be read back (truncated, foreign) is deleted and missed."""
+
+    def __init__(self, folder: str | Path, max_bytes: int):
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+        self.hits = self.misses = self.errors = 0
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.emb"
+
+    def get(self, key: str) -> Embedding | None:
+        path = self._path(key)
+        try:
+            embedding = deserialize(path.read_bytes())
+            os.utime(path)  # recently used: evicted last
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        except Exception as exc:
+            self.errors += 1
+            logger.warning("embedding file %s unusable (%s); deleted", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+        self.hits += 1
+        return embedding
+
+    def put(self, key: str, embedding: Embedding) -> None:
+        blob = serialize(embedding)
+        if len(blob) > self.max_bytes:
+            return
+        try:
+            write_atomic(self._path(key), blob)
+            self._trim()
+        except OSError as exc:
+            self.errors += 1
+            logger.warning("embedding not stored in %s: %s", self.folder, exc)
+
+    def _trim(self) -> None:
+        """Delete the least recently used files until the folder fits `max_bytes`."""
+        with self._lock:
+            files = []
+            for path in self.folder.glob("*.emb"):
+                with contextlib.suppress(FileNotFoundError):  # another worker deleted it meanwhile
+                    stat = path.stat()
+                    files.append((stat.st_mtime, stat.st_size, path))
+            total = sum(size for _, size, _ in files)
+            for _, size, path in sorted(files):
+                if total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= size
+
+    def stats(self) -> dict:
+        sizes = [path.stat().st_size for path in self.folder.glob("*.emb")] if self.folder.is_dir() else []
+        return {"kind": "disk", "folder": str(self.folder), "files": len(sizes), "bytes": sum(sizes),
+                "max_bytes": self.max_bytes, "hits": self.hits, "misses": self.misses, "errors": self.errors}
 
 
 def make_cache(settings: Settings) -> EmbeddingCache:
+    """Redis behind a per-worker LRU when REDIS_URL is set; else a disk folder behind the in-process LRU
+    (EMBEDDING_DISK_MB > 0); else the in-process LRU alone."""
     if settings.redis_url:
-        return RedisCache(settings.redis_url, settings.embedding_cache_ttl, settings.embedding_cache_local_mb << 20)
-    return MemoryCache(settings.embedding_cache_mb << 20)
+        return TieredCache(MemoryCache(settings.embedding_cache_local_mb << 20),
+                           RedisStore(settings.redis_url, settings.embedding_cache_ttl))
+    front = MemoryCache(settings.embedding_cache_mb << 20)
+    if settings.embedding_disk_mb > 0:
+        return TieredCache(front, DiskStore(settings.embedding_disk_path, settings.embedding_disk_mb << 20))
+    return front

@@ -38,6 +38,8 @@ class Settings:
     embedding_cache_mb: int = 1024  # in-process LRU bound, in MiB (without Redis)
     embedding_cache_local_mb: int = 128  # with Redis: each worker's own front LRU, in MiB
     embedding_cache_ttl: int = 7 * 24 * 3600  # seconds an embedding lives in Redis
+    embedding_disk_mb: int = 4096  # without Redis: embeddings also kept on disk (shared by workers, kept on restart)
+    embedding_disk_dir: str = ""  # default: MODEL_DIR/embeddings
     embedding_float16: bool = True  # keep SAM embeddings as float16: half the cache memory and Redis traffic
     label_studio_url: str = ""  # for uploaded / local-storage / cloud images
     label_studio_api_key: str = ""
@@ -123,6 +125,10 @@ class Settings:
     @property
     def checkpoint_url(self) -> str:
         return self.sam_checkpoint_url or OFFICIAL_CHECKPOINTS.get(self.sam_engine, "")
+
+    @property
+    def embedding_disk_path(self) -> Path:
+        return Path(self.embedding_disk_dir or Path(self.model_dir) / "embeddings")
 
     @property
     def checkpoint_path(self) -> Path:

@@ -167,6 +167,7 @@ def run_engine(engine: str, args, workdir: Path, images_dir: Path, base_url: str
                 requests.post(url + "/predict", json=click_body(f"{base_url}/many/{path.name}", width, height, 50, 50),
                               timeout=600).raise_for_status()
             cache = requests.get(url + "/metrics", timeout=10).json()["cache"]
+            cache = cache.get("local", cache)  # the in-process LRU (in front of the disk folder)
             memory = {"engine": engine, "cached embeddings": cache["items"],
                       "cache MiB": round(cache["bytes"] / 2**20), "worker peak RSS MiB": round(worker_peak_rss_mb(pid))}
     encoding_rows = []

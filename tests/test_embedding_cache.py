@@ -1,9 +1,11 @@
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from backend.embedding_cache import MemoryCache, RedisCache, deserialize, serialize
+from backend.embedding_cache import DiskStore, MemoryCache, deserialize, make_cache, serialize
 from backend.interactive import InteractiveSegmentation
 from backend.label_config import parse_label_config
 from backend.segmenter import Embedding
@@ -101,10 +103,10 @@ def test_redis_cache_is_shared_between_workers(tmp_path, tiny_checkpoints, image
 
 
 def test_redis_cache_round_trip_and_expiry(redis_url):
-    cache = RedisCache(redis_url, ttl=100)
+    cache = make_cache(Settings(redis_url=redis_url, embedding_cache_ttl=100))
     cache.put("k", embedding(value=3.0))
-    assert 0 < cache.client.ttl("k") <= 100
-    other_worker = RedisCache(redis_url, ttl=100)
+    assert 0 < cache.back.client.ttl("k") <= 100
+    other_worker = make_cache(Settings(redis_url=redis_url, embedding_cache_ttl=100))
     first = other_worker.get("k")
     assert first.features[0] == 3.0 and other_worker.stats()["hits"] == 1
     assert other_worker.get("k") is first  # the second read comes from the worker's own front cache
@@ -140,3 +142,45 @@ def test_imported_tasks_are_embedded_before_the_first_click(configure, tiny_chec
     assert client.post("/predict", json=predict_body(images[1], [keypoint(40, 50)])).status_code == 200
     assert client.get("/metrics").json["counts"]["encoder_runs"] == 2  # the first click was a warm click
     reset_queue()
+
+
+def test_without_redis_workers_share_embeddings_on_disk_and_keep_them_across_restarts(
+        tmp_path, tiny_checkpoints, image_url):
+    settings = tiny_settings(tmp_path, tiny_checkpoints)
+    first = InteractiveSegmentation(settings)
+    first_calls = count_encoder_calls(first)
+    a = first.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    assert len(list((tmp_path / "embeddings").glob("*.emb"))) == 1
+    restarted = InteractiveSegmentation(settings)  # another worker, or the same one after a restart
+    restarted_calls = count_encoder_calls(restarted)
+    b = restarted.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    assert len(first_calls) == 1 and len(restarted_calls) == 0
+    assert a["result"][0]["value"]["rle"] == b["result"][0]["value"]["rle"]
+    assert restarted.cache.stats()["kind"] == "disk" and restarted.cache.stats()["hits"] == 1
+    off = InteractiveSegmentation(tiny_settings(tmp_path / "off", tiny_checkpoints, embedding_disk_mb=0))
+    off.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    assert off.cache.stats()["kind"] == "memory" and not (tmp_path / "off" / "embeddings").exists()
+
+
+def test_disk_store_deletes_the_least_recently_used_files_first(tmp_path):
+    one = len(serialize(embedding()))
+    store = DiskStore(tmp_path, max_bytes=3 * one)
+    now = time.time()
+    for age, key in ((30, "a"), (20, "b"), (10, "c")):
+        store.put(key, embedding(value=age))
+        os.utime(store._path(key), (now - age, now - age))
+    assert store.get("a").features[0] == 30  # a is now the most recently used
+    store.put("d", embedding())
+    assert store.get("b") is None
+    assert all(store.get(key) is not None for key in "acd")
+    assert store.stats()["files"] == 3 and store.stats()["bytes"] <= 3 * one
+
+
+def test_disk_store_drops_an_unreadable_file_and_misses(tmp_path, caplog):
+    store = DiskStore(tmp_path, max_bytes=1 << 20)
+    store.put("k", embedding(value=1.0))
+    store._path("k").write_bytes(b"\x05\x00")  # truncated
+    assert store.get("k") is None and not store._path("k").exists()
+    assert store.stats()["errors"] == 1 and "unusable" in caplog.text
+    store.put("k", embedding(value=2.0))
+    assert store.get("k").features[0] == 2.0

@@ -180,7 +180,7 @@ def test_versions_and_metrics(grabcut_client):
     assert grabcut_client.get("/versions?project=1").json == {"versions": ["grabcut"], "model_version": "grabcut"}
     metrics = grabcut_client.get("/metrics").json
     assert metrics["counts"]["encoder_runs"] == 1 and metrics["counts"]["decoder_runs"] == 1
-    assert metrics["cache"]["items"] == 1
+    assert metrics["cache"]["local"]["items"] == 1 and metrics["cache"]["files"] == 1  # memory + disk
 
 
 def test_basic_auth(configure):
