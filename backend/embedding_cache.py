@@ -179,7 +179,6 @@ class DiskStore:
         path = self._path(key)
         try:
             embedding = deserialize(path.read_bytes())
-            os.utime(path)  # recently used: evicted last
         except FileNotFoundError:
             self.misses += 1
             return None
@@ -188,6 +187,8 @@ class DiskStore:
             logger.warning("embedding file %s unusable (%s); deleted", path, exc)
             path.unlink(missing_ok=True)
             return None
+        with contextlib.suppress(OSError):  # another worker may have evicted it since
+            os.utime(path)  # recently used: evicted last
         self.hits += 1
         return embedding
 
