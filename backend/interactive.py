@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +16,7 @@ from .errors import BackendError, InputError
 from .images import TaskImage, read_task_image
 from .label_config import LabelConfig
 from .mask_encoding import mask_results
+from .model_cache import ModelCache
 from .model_versions import ModelVersions
 from .prompts import ContextPrompt, Prompt, parse_context
 from .segmenter import Embedding, MaskResult, Segmenter
@@ -64,8 +65,7 @@ class InteractiveSegmentation:
         self.counters = Counters()
         self._inflight: dict[str, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
-        self._tuned: OrderedDict[tuple, Segmenter] = OrderedDict()
-        self._tuned_lock = threading.Lock()
+        self._tuned: ModelCache[Segmenter] = ModelCache(self._load_tuned, keep=8)
 
     def segmenter_for(self, project_id: str = "") -> Segmenter:
         """The project's active fine-tuned segmenter (see `fit`), else the base engine."""
@@ -76,17 +76,12 @@ class InteractiveSegmentation:
         active = versions.active()
         if active is None:
             return base
-        key = (project_id, active.name, active.weights.stat().st_mtime_ns)
-        with self._tuned_lock:
-            if key in self._tuned:
-                self._tuned.move_to_end(key)
-                return self._tuned[key]
-        tuned = base.with_decoder(versions.load_weights(active), active.name)
-        with self._tuned_lock:
-            self._tuned[key] = tuned
-            while len(self._tuned) > 8:
-                self._tuned.popitem(last=False)
-        return tuned
+        return self._tuned.get(project_id, active.name, active.weights.stat().st_mtime_ns)
+
+    def _load_tuned(self, project_id: str, name: str, mtime_ns: int) -> Segmenter:
+        """The base engine with a project's fine-tuned decoder (`mtime_ns` keys a rewritten version file)."""
+        versions = ModelVersions(self.settings.model_dir, project_id)
+        return self.engine.get().with_decoder(versions.load_weights(versions.get(name)), name)
 
     def embedding(self, image: TaskImage) -> Embedding:
         """The image's embedding: from the cache, else encoded once (concurrent requests wait for it)."""
