@@ -90,7 +90,8 @@ class SamSegmenter:
             input_size=(int(resized.shape[0]), int(resized.shape[1])),
         )
 
-    def _prompt_tensors(self, embedding: Embedding, prompt: Prompt):
+    def prompt_tensors(self, embedding: Embedding, prompt: Prompt):
+        """The prompt encoder's point and box inputs: pixel prompts mapped into the encoder's frame."""
         points = boxes = None
         if len(prompt.points):
             coords = self.transform.apply_coords(prompt.points.astype(np.float32), embedding.original_size)
@@ -120,7 +121,7 @@ class SamSegmenter:
 
     @torch.inference_mode()
     def decode(self, embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None) -> MaskResult:
-        points, boxes = self._prompt_tensors(embedding, prompt)
+        points, boxes = self.prompt_tensors(embedding, prompt)
         multimask = prompt.is_single_click and mask_input is None
         if mask_input is None:
             sparse, _ = self.model.prompt_encoder(points=points, boxes=boxes, masks=None)

@@ -34,6 +34,7 @@ from .images import read_task_image
 from .mask_encoding import region_mask
 from .model_versions import ModelVersions
 from .prompts import Prompt
+from .sam_engine import features_tensor
 from .segmenter import Embedding
 from .settings import Settings, get_settings
 
@@ -146,20 +147,13 @@ def validation_iou(segmenter, examples: list[Example]) -> float:
 
 def train_step(segmenter, decoder, example: Example, prompts: list[Prompt], target: torch.Tensor) -> torch.Tensor:
     """The loss of one image's prompts (clicks train the 3 ambiguity masks, boxes the single mask)."""
-    device, transform, prompt_encoder = segmenter.device, segmenter.transform, segmenter.model.prompt_encoder
-    features = torch.from_numpy(example.embedding.features).to(device, torch.float32)
+    device, prompt_encoder = segmenter.device, segmenter.model.prompt_encoder
+    features = features_tensor(example.embedding, device)
     pe = prompt_encoder.get_dense_pe()
     losses = []
     for prompt in prompts:
-        points = boxes = None
         with torch.no_grad():
-            if len(prompt.points):
-                coords = transform.apply_coords(prompt.points, example.embedding.original_size)
-                points = (torch.as_tensor(coords, dtype=torch.float, device=device)[None],
-                          torch.as_tensor(prompt.labels, dtype=torch.int, device=device)[None])
-            if prompt.box is not None:
-                box = transform.apply_boxes(prompt.box[None], example.embedding.original_size)
-                boxes = torch.as_tensor(box, dtype=torch.float, device=device)
+            points, boxes = segmenter.prompt_tensors(example.embedding, prompt)
             sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=None)
         multimask = prompt.is_single_click
         logits, iou_pred = decoder(image_embeddings=features, image_pe=pe, sparse_prompt_embeddings=sparse,

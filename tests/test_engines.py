@@ -77,7 +77,7 @@ def test_fast_decoder_equals_official_mask_decoder_logits(engine, tiny_checkpoin
             prompt = Prompt(points=rng.uniform(0, 255, (clicks, 2)).astype(np.float32),
                             labels=np.array([1] + [int(v) for v in rng.integers(0, 2, clicks - 1)]),
                             box=np.array([20, 30, 200, 220], np.float32) if clicks == 2 else None)
-            points, boxes = segmenter._prompt_tensors(embedding, prompt)
+            points, boxes = segmenter.prompt_tensors(embedding, prompt)
             sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
             multimask = prompt.is_single_click
             low_res, scores = model.mask_decoder(
