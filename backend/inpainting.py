@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .clicks import truth_box
 from .errors import InputError
 from .model_cache import ModelCache
 from .pretrained import from_pretrained, resolve_device
@@ -96,9 +97,8 @@ def get_inpainter(engine: str, settings: Settings):
 
 def region_crop(mask: np.ndarray, context: float = 0.5) -> tuple[int, int, int]:
     """A square (x, y, side) around the region with `context` of its size on each side, inside the image."""
-    ys, xs = np.nonzero(mask)
     height, width = mask.shape
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    x0, y0, x1, y1 = truth_box(mask)
     side = int(max(x1 - x0, y1 - y0) * (1 + 2 * context))
     side = max(64, min(side, height, width))
     cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
