@@ -11,16 +11,15 @@ image is imported without that label. A failed generation is written to the sour
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from .clicks import truth_box
 from .errors import BackendError, InputError
-from .images import read_task_image
+from .images import TaskImage, read_task_image
 from .inpainting import ENGINES, InpaintRequest, get_inpainter, inpaint
 from .interactive import get_segmentation
 from .label_config import parse_label_config
@@ -100,16 +99,10 @@ def parse_generation(annotation: dict, height: int, width: int, settings: Settin
     return GenerationRequest(label, prompt, negative, samples, engine, mode, mask)
 
 
-def refine_mask(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+def refine_mask(image: TaskImage, region: np.ndarray) -> np.ndarray:
     """The generated object's mask: the segmenter with the region's box, kept inside the region."""
-    from .images import TaskImage
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    ys, xs = np.nonzero(region)
-    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
-    service = get_segmentation()
-    result = service.segment(TaskImage(buffer.getvalue(), "generated image"), Prompt(box=box))
+    box = np.array(truth_box(region), np.float32)
+    result = get_segmentation().segment(image, Prompt(box=box))
     mask = result.mask & region
     return mask if mask.sum() >= 0.05 * region.sum() else region  # the segmenter lost it: keep the region
 
@@ -134,16 +127,17 @@ def generate_samples(task: dict, annotation: dict, label_config: str, settings: 
                                 settings.synthesis_size)
         painted, region = inpaint(image, request.mask, inpainter, params, settings.synthesis_dilate,
                                   settings.synthesis_feather)
-        ok, png = cv2.imencode(".png", cv2.cvtColor(painted, cv2.COLOR_RGB2BGR))
+        png = cv2.imencode(".png", cv2.cvtColor(painted, cv2.COLOR_RGB2BGR))[1].tobytes()
         name = f"synthetic/{task.get('id')}_{annotation.get('id')}_{request.engine}_{seed}.png"
-        _, image_url = storage.save(name, png.tobytes())
+        _, image_url = storage.save(name, png)
         data = {config.image_key: image_url, "synthetic": {
             "source_task": task.get("id"), "source_annotation": annotation.get("id"), "prompt": request.prompt,
             "negative_prompt": request.negative_prompt, "engine": request.engine, "seed": seed,
             "mode": request.mode, "steps": params.steps, "guidance": params.guidance}}
         results = []
         if request.mode == "add":
-            results = mask_results(refine_mask(painted, region), 1.0, control, label, settings.polygon_epsilon)
+            results = mask_results(refine_mask(TaskImage(png, name), region), 1.0, control, label,
+                                   settings.polygon_epsilon)
         new_tasks.append({"data": data, "predictions": [
             {"model_version": f"synthesis-{request.engine}", "score": 1.0, "result": results}]})
         logger.info("annotation %s: sample %d/%d generated (%s, seed %d)", annotation.get("id"), index + 1,
