@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .annotations import write_atomic
+from .files import write_atomic
 from .segmenter import Embedding
 from .settings import Settings
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .annotations import write_atomic
 from .errors import InputError
+from .files import write_atomic
 
 _NAME = re.compile(r"^v(\d+)$")
 

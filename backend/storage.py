@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from .annotations import write_atomic
 from .errors import BackendError
+from .files import write_atomic
 from .settings import Settings
 
 
