@@ -114,7 +114,8 @@ def depth_outputs(task_id: int, image_key: str, depth: DepthMap, storage: LocalS
     return {"depth": preview_url, "depth_raw": raw_url, "depth_meta": meta}
 
 
-def depth_for_task(task: dict, settings: Settings, image_key: str = "image", force: bool = False) -> dict | None:
+def depth_for_task(task: dict, settings: Settings, image_key: str = "image", force: bool = False,
+                   storage: LocalStorage | S3Storage | None = None) -> dict | None:
     """The depth fields for a task, or None when it already has depth (BackendError on a bad image/storage)."""
     data = task.get("data") or {}
     if data.get("depth") and not force:
@@ -123,15 +124,17 @@ def depth_for_task(task: dict, settings: Settings, image_key: str = "image", for
         raise BackendError(f"task data has no field '{image_key}'", f"task {task.get('id')}")
     image = read_task_image(data[image_key], settings, task.get("id")).decode(settings.max_image_pixels)
     depth = get_estimator(settings).estimate(image)
-    return depth_outputs(int(task.get("id") or 0), image_key, depth, make_storage(settings))
+    return depth_outputs(int(task.get("id") or 0), image_key, depth, storage or make_storage(settings))
 
 
-def run_depth_task(task_id: int, image_key: str = "image", force: bool = False) -> dict:
-    """Job: compute and store one task's depth through the Label Studio API."""
+def run_depth_task(task_id: int, image_key: str = "image", force: bool = False, client=None,
+                   storage: LocalStorage | S3Storage | None = None) -> dict:
+    """Job: compute and store one task's depth through the Label Studio API (a project run passes its one
+    API client and storage)."""
     settings = get_settings()
-    client = make_client(settings)
+    client = client or make_client(settings)
     task = call(f"task {task_id}", client.tasks.get, id=task_id)
-    fields = depth_for_task({"id": task.id, "data": task.data}, settings, image_key, force)
+    fields = depth_for_task({"id": task.id, "data": task.data}, settings, image_key, force, storage)
     if fields is None:
         return {"task": task_id, "status": "skipped", "reason": "already has depth"}
     current = call(f"task {task_id}", client.tasks.get, id=task_id)  # merge into the freshest data
@@ -143,11 +146,12 @@ def run_depth_project(project_id: int, image_key: str = "image", force: bool = F
     """Job: depth for every task of a project; counts of done / skipped / failed (with reasons)."""
     settings = get_settings()
     client = make_client(settings)
+    storage = make_storage(settings)
     task_ids = [t.id for t in call(f"project {project_id}", client.tasks.list, project=project_id)]
     report: dict = {"project": project_id, "done": 0, "skipped": 0, "failed": 0, "errors": {}}
     for index, task_id in enumerate(task_ids, 1):
         try:
-            result = run_depth_task(task_id, image_key, force)
+            result = run_depth_task(task_id, image_key, force, client, storage)
             report["done" if result["status"] == "done" else "skipped"] += 1
         except BackendError as exc:
             report["failed"] += 1
