@@ -7,15 +7,18 @@ import logging
 import os
 
 from backend import job_routes
+from backend.errors import SettingsError
 from backend.interactive import get_segmentation, preload_in_background
+from backend.logs import install_log_escaping
 from backend.protocol import create_app
-from backend.settings import get_settings
+from backend.settings import check_startup, get_settings
 from model import SamBackend
 
 logging.basicConfig(
     level=get_settings().log_level.upper(),
     format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s",
 )
+install_log_escaping()
 
 
 def _health() -> dict:
@@ -35,10 +38,10 @@ job_routes.register(app)
 def main() -> None:
     parser = argparse.ArgumentParser(description="Segment Anything ML backend for Label Studio")
     parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("PORT", 9090)))
-    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--kwargs", "--with", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings as KEY=VALUE (e.g. sam_engine=vit_b); same names as the environment")
-    parser.add_argument("-d", "--debug", action="store_true")
+    parser.add_argument("-d", "--debug", action="store_true", help="LOG_LEVEL=DEBUG (there is no debugger switch)")
     parser.add_argument("--log-level", default=None)
     parser.add_argument("--basic-auth-user", default=None)
     parser.add_argument("--basic-auth-pass", default=None)
@@ -49,18 +52,23 @@ def main() -> None:
     for pair in args.kwargs:
         key, _, value = pair.partition("=")
         os.environ[key.upper()] = value
-    for key, value in (("LOG_LEVEL", args.log_level), ("BASIC_AUTH_USER", args.basic_auth_user),
-                       ("BASIC_AUTH_PASS", args.basic_auth_pass), ("MODEL_DIR", args.model_dir)):
+    for key, value in (("LOG_LEVEL", "DEBUG" if args.debug else args.log_level),
+                       ("BASIC_AUTH_USER", args.basic_auth_user), ("BASIC_AUTH_PASS", args.basic_auth_pass),
+                       ("MODEL_DIR", args.model_dir)):
         if value is not None:
             os.environ[key] = value
     get_settings.cache_clear()
+    try:
+        check_startup(get_settings(), [args.host])
+    except SettingsError as exc:
+        raise SystemExit(str(exc))
     logging.getLogger().setLevel(get_settings().log_level.upper())
     if args.check:
         get_segmentation().engine.get()
         print(_health())
         return
     preload_in_background()
-    app.run(host=args.host, port=args.port, debug=args.debug, threaded=True)
+    app.run(host=args.host, port=args.port, debug=False, threaded=True)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ class SamBackend(LabelStudioMLBase):
                 job = get_queue().enqueue("backend.synthesis.run_generation", int(self.project_id), task_id,
                                           annotation.get("id"))
                 return {**response, "stored": False, "job": job}
-            path = store.save(self.project_id, data.get("task") or {}, annotation, self._image_key())
+            path = store.save(self.project_id, data.get("task") or {}, annotation, self._image_key(),
+                              settings.max_annotation_kb << 10, settings.max_project_annotations)
             logger.info("project %s: %s annotation %s kept in %s", self.project_id, event, annotation.get("id"), path)
             response["stored"] = True
             self.set("new_annotations", self.get("new_annotations", 0) + 1)

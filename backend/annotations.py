@@ -12,10 +12,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+from .errors import BackendError, InputError
 from .files import write_atomic
 
 logger = logging.getLogger(__name__)
+
+
+class TooLargeError(BackendError):
+    status = 413
 
 
 @dataclass(frozen=True)
@@ -40,15 +44,29 @@ class AnnotationStore:
             raise InputError(f"project id must be a number, got {project_id!r}", "project")
         return self.root / "projects" / str(project_id) / "annotations"
 
-    def save(self, project_id: str, task: dict, annotation: dict, image_key: str = "image") -> Path:
+    def save(self, project_id: str, task: dict, annotation: dict, image_key: str = "image",
+             max_bytes: int = 4 << 20, max_count: int = 20000) -> Path:
+        """Keep one annotation; TooLargeError when it is over `max_bytes` or the project already keeps
+        `max_count` others (training data is bounded: MAX_ANNOTATION_KB, MAX_PROJECT_ANNOTATIONS)."""
         annotation_id = annotation.get("id")
-        if not isinstance(annotation_id, int):
+        if not isinstance(annotation_id, int) or isinstance(annotation_id, bool):
             raise InputError("the annotation has no integer 'id'", "annotation")
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             raise InputError(f"annotation {annotation_id} comes without its task data", "task")
+        blob = json.dumps({"task": task, "annotation": annotation, "image_key": image_key}).encode()
+        if len(blob) > max_bytes:
+            raise TooLargeError(f"annotation {annotation_id} is {len(blob) >> 10} KB, more than MAX_ANNOTATION_KB="
+                                f"{max_bytes >> 10}; it is not kept for training", "annotation")
         path = self.folder(project_id) / f"{annotation_id}.json"
-        write_atomic(path, json.dumps({"task": task, "annotation": annotation, "image_key": image_key}).encode())
+        if not path.exists() and self.count(project_id) >= max_count:
+            raise TooLargeError(f"project {project_id} already keeps MAX_PROJECT_ANNOTATIONS={max_count} "
+                                "annotations for training; this one is not kept", "annotation")
+        write_atomic(path, blob)
         return path
+
+    def count(self, project_id: str) -> int:
+        folder = self.folder(project_id)
+        return sum(1 for _ in folder.glob("*.json")) if folder.is_dir() else 0
 
     def delete(self, project_id: str, annotation_id: int) -> bool:
         path = self.folder(project_id) / f"{int(annotation_id)}.json"

@@ -122,7 +122,7 @@ def depth_for_task(task: dict, settings: Settings, image_key: str = "image", for
         return None
     if image_key not in data:
         raise BackendError(f"task data has no field '{image_key}'", f"task {task.get('id')}")
-    image = read_task_image(data[image_key], settings, task.get("id")).decode(settings.max_image_pixels)
+    image = read_task_image(data[image_key], settings, task.get("id")).pixels(settings)
     depth = get_estimator(settings).estimate(image)
     return depth_outputs(int(task.get("id") or 0), image_key, depth, storage or make_storage(settings))
 

@@ -3,11 +3,8 @@ disk folder."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
 import struct
 import threading
 from collections import OrderedDict
@@ -16,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .files import write_atomic
+from .files import BoundedFolder
 from .segmenter import Embedding
 from .settings import Settings
 
@@ -163,65 +160,31 @@ class RedisStore:
 
 class DiskStore:
     """Embeddings as files in `folder`: shared by the worker processes of one machine and kept across
-    restarts (precomputed embeddings survive a redeploy). Bounded by total size: the least recently used
-    files are deleted first. A file that cannot be read back (truncated, foreign) is deleted and missed."""
+    restarts (precomputed embeddings survive a redeploy); LRU-bounded by total size. A file that cannot be
+    read back (truncated, foreign) is deleted and missed; a folder fault only makes every get a miss."""
 
     def __init__(self, folder: str | Path, max_bytes: int):
-        self.folder = Path(folder)
-        self.max_bytes = max_bytes
-        self.hits = self.misses = self.errors = 0
-        self._lock = threading.Lock()
+        self.files = BoundedFolder(folder, max_bytes, ".emb")
 
     def _path(self, key: str) -> Path:
-        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.emb"
+        return self.files.path(key)
 
     def get(self, key: str) -> Embedding | None:
-        path = self._path(key)
+        blob = self.files.read(key)
+        if blob is None:
+            return None
         try:
-            embedding = deserialize(path.read_bytes())
-        except FileNotFoundError:
-            self.misses += 1
-            return None
+            return deserialize(blob)
         except Exception as exc:
-            self.errors += 1
-            logger.warning("embedding file %s unusable (%s); deleted", path, exc)
-            path.unlink(missing_ok=True)
+            logger.warning("embedding file %s unusable (%s); deleted", self._path(key), exc)
+            self.files.discard(key)
             return None
-        with contextlib.suppress(OSError):  # another worker may have evicted it since
-            os.utime(path)  # recently used: evicted last
-        self.hits += 1
-        return embedding
 
     def put(self, key: str, embedding: Embedding) -> None:
-        blob = serialize(embedding)
-        if len(blob) > self.max_bytes:
-            return
-        try:
-            write_atomic(self._path(key), blob)
-            self._trim()
-        except OSError as exc:
-            self.errors += 1
-            logger.warning("embedding not stored in %s: %s", self.folder, exc)
-
-    def _trim(self) -> None:
-        """Delete the least recently used files until the folder fits `max_bytes`."""
-        with self._lock:
-            files = []
-            for path in self.folder.glob("*.emb"):
-                with contextlib.suppress(FileNotFoundError):  # another worker deleted it meanwhile
-                    stat = path.stat()
-                    files.append((stat.st_mtime, stat.st_size, path))
-            total = sum(size for _, size, _ in files)
-            for _, size, path in sorted(files):
-                if total <= self.max_bytes:
-                    break
-                path.unlink(missing_ok=True)
-                total -= size
+        self.files.write(key, serialize(embedding))
 
     def stats(self) -> dict:
-        sizes = [path.stat().st_size for path in self.folder.glob("*.emb")] if self.folder.is_dir() else []
-        return {"kind": "disk", "folder": str(self.folder), "files": len(sizes), "bytes": sum(sizes),
-                "max_bytes": self.max_bytes, "hits": self.hits, "misses": self.misses, "errors": self.errors}
+        return {"kind": "disk", "folder": str(self.files.folder), **self.files.stats()}
 
 
 def make_cache(settings: Settings) -> EmbeddingCache:

@@ -30,3 +30,17 @@ class ModelUnavailableError(BackendError):
     """The configured model cannot be loaded (missing checkpoint, wrong file)."""
 
     status = 503
+
+
+class ForbiddenError(BackendError):
+    """The caller may not do this (e.g. an unauthenticated training webhook)."""
+
+    status = 403
+
+
+class SettingsError(RuntimeError):
+    """Settings that make the server unsafe or unusable: it refuses to start, naming each bad value."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("the backend cannot start with these settings:\n  - " + "\n  - ".join(problems))

@@ -95,7 +95,7 @@ class InteractiveSegmentation:
         with lock:
             embedding = self.cache.get(key)
             if embedding is None:
-                pixels = image.decode(self.settings.max_image_pixels)
+                pixels = image.pixels(self.settings)
                 started = time.perf_counter()
                 embedding = segmenter.embed(pixels)
                 self.counters.add("encoder_runs", time.perf_counter() - started)
@@ -119,7 +119,7 @@ class InteractiveSegmentation:
     def predict(self, task: dict, context: object, config: LabelConfig, model_version: str,
                 project_id: str = "") -> dict:
         """The prediction for one interactive request on one task (the project's fine-tuned decoder if any)."""
-        prompt = parse_context(context)
+        prompt = parse_context(context, self.settings.max_prompt_points)
         control, label = config.output_for(prompt.label)
         url, task_id = task_image_url(task, config)
         image = read_task_image(url, self.settings, task_id)

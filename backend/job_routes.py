@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Flask, jsonify, request
 
 from .errors import InputError
 from .jobs import get_queue
+from .label_config import DATA_KEY
+
+JOB_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # ours are 12 hex digits, RQ's are UUIDs
 
 
 def _ids(value: object, where: str) -> list[int]:
@@ -21,7 +26,9 @@ def register(app: Flask) -> None:
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or not ({"project", "tasks"} & body.keys()):
             raise InputError('send {"project": ID} or {"tasks": [ID, ...]}', "/depth")
-        image_key, force = str(body.get("image_key", "image")), bool(body.get("force", False))
+        image_key, force = body.get("image_key", "image"), bool(body.get("force", False))
+        if not isinstance(image_key, str) or not DATA_KEY.match(image_key):
+            raise InputError("'image_key' must be a task data field name (letters, digits, '_', '-')", "/depth")
         queue = get_queue()
         if "tasks" in body:
             jobs = [queue.enqueue("backend.depth.run_depth_task", task, image_key, force)
@@ -33,4 +40,6 @@ def register(app: Flask) -> None:
 
     @app.get("/jobs/<job_id>")
     def job(job_id: str):
+        if not JOB_ID.match(job_id):
+            raise InputError("not a job id", "/jobs")
         return jsonify(get_queue().status(job_id))

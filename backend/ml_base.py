@@ -8,12 +8,14 @@ cheap: heavy models belong in process-wide singletons.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from functools import cached_property
 
 from label_studio_sdk.label_interface import LabelInterface
 
-_STORE: dict[str, dict] = {}
+_STORE: OrderedDict[str, dict] = OrderedDict()  # per project; bounded, least recently used projects go first
 _STORE_LOCK = threading.Lock()
+MAX_PROJECTS = 1024
 
 
 class LabelStudioMLBase:
@@ -30,7 +32,11 @@ class LabelStudioMLBase:
     # --- a small per-project key/value store, as label-studio-ml's `get` / `set` ---
     def _store(self) -> dict:
         with _STORE_LOCK:
-            return _STORE.setdefault(self.project_id, {})
+            store = _STORE.setdefault(self.project_id, {})
+            _STORE.move_to_end(self.project_id)
+            while len(_STORE) > MAX_PROJECTS:
+                _STORE.popitem(last=False)
+            return store
 
     def get(self, key: str, default=None):
         return self._store().get(key, default)

@@ -6,11 +6,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 from .errors import ModelUnavailableError
 
 T = TypeVar("T")
+# Seconds a request may wait for a model load (set per request by the protocol; None: wait, as jobs and CLIs do).
+LOAD_WAIT: ContextVar[float | None] = ContextVar("model_load_wait", default=None)
 
 
 class ModelCache(Generic[T]):
@@ -30,13 +35,41 @@ class ModelCache(Generic[T]):
         self._models: OrderedDict[Hashable, T] = OrderedDict()
         self._failures: dict[Hashable, tuple[float, ModelUnavailableError]] = {}
         self._loading: set[Hashable] = set()
+        self._pending: dict[Hashable, Future] = {}
         self._state_lock = threading.Lock()  # guards the two dicts, held briefly
         self._load_lock = threading.Lock()  # held for the whole load
 
     def get(self, *key: Hashable) -> T:
+        """The model of `key`, loaded on first use. Inside a request (LOAD_WAIT set) the load runs in a
+        background thread and the request waits at most LOAD_WAIT seconds for it."""
         model = self.loaded(*key)
         if model is not None:
             return model
+        wait = LOAD_WAIT.get()
+        if wait is None:
+            return self._load_now(key)
+        with self._state_lock:
+            future = self._pending.get(key)
+            if future is None:
+                future = self._pending[key] = Future()
+                threading.Thread(target=self._load_into, args=(key, future), daemon=True,
+                                 name="model-load").start()
+        try:
+            return future.result(timeout=wait)
+        except FutureTimeout:
+            raise ModelUnavailableError(f"the model is still loading (longer than MODEL_LOAD_WAIT={wait:g} s); "
+                                        "try again shortly", "model")
+
+    def _load_into(self, key: tuple, future: Future) -> None:
+        try:
+            future.set_result(self._load_now(key))
+        except BaseException as exc:  # handed to every waiting request
+            future.set_exception(exc)
+        finally:
+            with self._state_lock:
+                self._pending.pop(key, None)
+
+    def _load_now(self, key: tuple) -> T:
         with self._load_lock:
             with self._state_lock:
                 if key in self._models:

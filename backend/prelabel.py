@@ -81,7 +81,7 @@ def prelabel_task(task: dict, config: LabelConfig, settings: Settings, model_ver
         pairs = category_prompts(config, settings, task)
         if not pairs:
             raise InputError("the labeling config has no labels to detect", "label_config")
-        pixels = image.decode(settings.max_image_pixels)
+        pixels = image.pixels(settings)
         detector = get_detector(settings.detector_model, settings.device)
         found = detector.detect(pixels, [text for _, text in pairs], settings.detector_threshold)
         found = non_max_suppression(found)[: settings.max_detections]
@@ -115,7 +115,7 @@ def everything_masks(service: InteractiveSegmentation, image, settings: Settings
     from segment_anything import SamAutomaticMaskGenerator
 
     generator = SamAutomaticMaskGenerator(segmenter.model, points_per_side=settings.everything_points_per_side)
-    found = generator.generate(image.decode(settings.max_image_pixels))
+    found = generator.generate(image.pixels(settings))
     found = sorted(found, key=lambda m: -m["predicted_iou"])[: settings.max_detections]
     return [(m["segmentation"].astype(bool), float(m["predicted_iou"])) for m in found]
 

@@ -50,9 +50,13 @@ class ContextPrompt:
 
 
 def _number(value: object, where: str, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise InputError(f"'{name}' must be a finite number, got {value!r}", where)
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, Real) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int beyond float range, e.g. 10**400
+        number = math.nan
+    if not math.isfinite(number):
+        raise InputError(f"'{name}' must be a finite number, got {str(value)[:40]}", where)
+    return number
 
 
 def _percent(value: object, where: str, name: str) -> float:
@@ -82,13 +86,17 @@ def _label_of(item: dict, kind: str, where: str) -> str | None:
     return labels[0] if labels else None
 
 
-def parse_context(context: object) -> ContextPrompt:
-    """Validate an interactive context and return its prompt. InputError says which item is wrong and why."""
+def parse_context(context: object, max_points: int = 64) -> ContextPrompt:
+    """Validate an interactive context and return its prompt. InputError says which item is wrong and why;
+    more than `max_points` clicks (MAX_PROMPT_POINTS) are refused before any work."""
     if not isinstance(context, dict):
         raise InputError(f"context must be an object with a 'result' list, got {type(context).__name__}", "context")
     items = context.get("result")
     if not isinstance(items, list) or not items:
         raise InputError("context.result must be a non-empty list of keypoints or rectangles", "context")
+    if len(items) > max_points + 1:  # the clicks plus one rectangle
+        raise InputError(f"{len(items)} prompts in one request; at most MAX_PROMPT_POINTS={max_points} clicks and "
+                         "one rectangle", "context")
     points: list[tuple[float, float, bool]] = []
     box = None
     label = from_name = None
@@ -119,6 +127,8 @@ def parse_context(context: object) -> ContextPrompt:
         if label is None:
             label = _label_of(item, kind, where)
             from_name = item.get("from_name")
+    if len(points) > max_points:
+        raise InputError(f"{len(points)} clicks in one request; at most MAX_PROMPT_POINTS={max_points}", "context")
     if box is None and not any(positive for _, _, positive in points):
         raise InputError("at least one positive click or a rectangle is needed", "context")
     return ContextPrompt(points=tuple(points), box=box, label=label, from_name=from_name)

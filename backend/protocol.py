@@ -8,15 +8,20 @@ status, is logged, and leaves the process serving the next request.
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import json
 import logging
+import re
 import time
-import traceback
+import uuid
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .errors import BackendError, InputError
+from .errors import BackendError, ForbiddenError, InputError, SettingsError
+from .logs import redact_paths
 from .ml_base import LabelStudioMLBase
+from .model_cache import LOAD_WAIT
 from .settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -25,30 +30,56 @@ logger = logging.getLogger(__name__)
 TRAIN_EVENTS = (
     "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED", "START_TRAINING",
 )
+_PROJECT = re.compile(r"^\d{1,12}(\.\d{1,20})?$")
+MAX_EXTRA_PARAMS_BYTES = 64 << 10
 
 
 def error_response(error: Exception) -> tuple[Response, int]:
+    """JSON error body: a BackendError's message (server paths replaced by setting names), a generic text with
+    an id for anything unexpected (the traceback goes to the log under that id)."""
     if isinstance(error, BackendError):
         logger.warning("%s %s -> %s", request.method, request.path, error)
-        body = {"status": "ERROR", "error": error.message, "where": error.where}
+        body = {"status": "ERROR", "error": redact_paths(error.message), "where": redact_paths(error.where or "")}
         return jsonify(body), error.status
+    if isinstance(error, RequestEntityTooLarge):
+        message = f"request body is larger than MAX_REQUEST_MB={get_settings().max_request_mb}"
+        return jsonify({"status": "ERROR", "error": message, "where": request.path}), 413
     if isinstance(error, HTTPException):
         return jsonify({"status": "ERROR", "error": error.description, "where": request.path}), error.code or 500
-    logger.error("%s %s failed: %s\n%s", request.method, request.path, error, traceback.format_exc())
-    body = {"status": "ERROR", "error": f"{type(error).__name__}: {error}", "where": request.path}
+    incident = uuid.uuid4().hex[:12]
+    logger.error("%s %s failed (incident %s): %s: %s", request.method, request.path, incident,
+                 type(error).__name__, error, exc_info=error)
+    message = f"internal error {type(error).__name__} (incident {incident} in the server log)"
+    body = {"status": "ERROR", "error": message, "where": request.path}
     return jsonify(body), 500
 
 
 def _json_body() -> dict:
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise InputError("request body is nested too deeply", request.path)
     if not isinstance(body, dict):
         raise InputError("request body must be a JSON object", request.path)
     return body
 
 
+def _optional(body: dict, key: str, kind: type, where: str):
+    """body[key] if it is None or of `kind`; InputError naming the field otherwise."""
+    value = body.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise InputError(f"'{key}' must be {'an object' if kind is dict else 'a ' + kind.__name__}, got "
+                         f"{type(value).__name__}", where)
+    return value
+
+
 def _project_id(value: object) -> str:
-    """Label Studio sends '<id>.<created-at timestamp>' or an id."""
-    return str(value).split(".", 1)[0] if value not in (None, "") else ""
+    """Label Studio sends '<id>.<created-at timestamp>' or an id; anything else is refused."""
+    if value in (None, ""):
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not _PROJECT.match(str(value)):
+        raise InputError(f"project must be an id like 3 or '3.1700000000', got {str(value)[:40]!r}", "project")
+    return str(value).split(".", 1)[0]
 
 
 def _authorized(settings: Settings) -> bool:
@@ -57,24 +88,39 @@ def _authorized(settings: Settings) -> bool:
     auth = request.authorization
     return bool(
         auth
-        and hmac.compare_digest(auth.username or "", settings.basic_auth_user)
-        and hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
+        and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+        and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())
     )
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
 
 
 def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_extra=None) -> Flask:
     """The WSGI app serving `model_class`. `health_extra()` / `metrics_extra()` add fields to those routes."""
+    settings = get_settings()
+    problems = settings.problems()
+    if problems:
+        raise SettingsError(problems)
     app = Flask(__name__)
     app.json.sort_keys = False
     app.register_error_handler(Exception, error_response)
 
     @app.before_request
     def _check_auth():
+        g.started = time.perf_counter()
+        request.max_content_length = get_settings().max_request_mb << 20
+        LOAD_WAIT.set(get_settings().model_load_wait)
+        if request.path in ("/", "/health"):  # orchestration probes: status only without credentials
+            return None
         if not _authorized(get_settings()):
             response = jsonify({"status": "ERROR", "error": "basic authentication required", "where": request.path})
             response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
             return response, 401
-        g.started = time.perf_counter()
         return None
 
     @app.after_request
@@ -87,16 +133,20 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
     @app.get("/health")
     def health():
         body = {"status": "UP", "model_class": model_class.__name__}
-        if health_extra:
+        if health_extra and _authorized(get_settings()):
             body.update(health_extra())
         return jsonify(body)
 
     @app.post("/setup")
     def setup():
         data = _json_body()
-        model = model_class(project_id=_project_id(data.get("project")), label_config=data.get("schema"))
-        if data.get("extra_params"):
-            model.set_extra_params(data["extra_params"])
+        schema = _optional(data, "schema", str, "/setup schema")
+        extra = _optional(data, "extra_params", dict, "/setup extra_params")
+        model = model_class(project_id=_project_id(data.get("project")), label_config=schema)
+        if extra:
+            if len(json.dumps(extra)) > MAX_EXTRA_PARAMS_BYTES:
+                raise InputError(f"extra_params is larger than {MAX_EXTRA_PARAMS_BYTES >> 10} KB", "/setup")
+            model.set_extra_params(extra)
         return jsonify({"model_version": model.model_version})
 
     @app.post("/predict")
@@ -105,9 +155,12 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
         tasks = data.get("tasks")
         if not isinstance(tasks, list):
             raise InputError("'tasks' must be a list of Label Studio tasks", "/predict")
-        params = dict(data.get("params") or {})
+        params = dict(_optional(data, "params", dict, "/predict params") or {})
         context = params.pop("context", None)
-        model = model_class(project_id=_project_id(data.get("project")), label_config=data.get("label_config"))
+        if context is not None and not isinstance(context, dict):
+            raise InputError(f"'params.context' must be an object, got {type(context).__name__}", "/predict")
+        label_config = _optional(data, "label_config", str, "/predict label_config")
+        model = model_class(project_id=_project_id(data.get("project")), label_config=label_config)
         predictions = model.predict(tasks, context=context, **params)
         return jsonify({"results": predictions or [], "model_version": model.model_version})
 
@@ -115,19 +168,24 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
     def webhook():
         data = _json_body()
         event = data.pop("action", None)
+        project = data.get("project")
         if event not in TRAIN_EVENTS:
             handler = getattr(model_class, "on_event", None)
-            project = data.get("project")
             if handler and isinstance(project, dict) and "id" in project:
-                model = model_class(project_id=str(project["id"]), label_config=project.get("label_config"))
+                model = model_class(project_id=_project_id(project["id"]),
+                                    label_config=_optional(project, "label_config", str, "/webhook project"))
                 result = model.on_event(event, data)
                 if result is not None:
                     return jsonify(result), 201
-            return jsonify({"status": "Unknown event", "event": event}), 200
-        project = data.get("project")
+            return jsonify({"status": "Unknown event", "event": str(event)[:64]}), 200
+        if not get_settings().basic_auth_user and not _is_loopback(request.remote_addr):
+            raise ForbiddenError("training events are accepted only from authenticated callers: set BASIC_AUTH_USER "
+                                 "and BASIC_AUTH_PASS here and the same credentials on Label Studio's webhook "
+                                 "(README, Security)", "/webhook")
         if not isinstance(project, dict) or "id" not in project:
             raise InputError("webhook payload has no project object with an id", "/webhook")
-        model = model_class(project_id=str(project["id"]), label_config=project.get("label_config"))
+        model = model_class(project_id=_project_id(project["id"]),
+                            label_config=_optional(project, "label_config", str, "/webhook project"))
         result = model.fit(event, data)
         return jsonify(result or {}), 201
 
@@ -141,4 +199,3 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
         return jsonify(metrics_extra() if metrics_extra else {})
 
     return app
-

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import compat
+from .errors import ImageError
 from .fast_decoder import FastMaskDecoder, ImageContext
 from .prompts import Prompt
 from .segmenter import Embedding, MaskResult
@@ -81,6 +82,10 @@ class SamSegmenter:
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:
+        height, width = image.shape[:2]
+        if min(self.transform.get_preprocess_shape(height, width, self.transform.target_length)) < 1:
+            raise ImageError(f"a {width}x{height} image is too thin for SAM: its short side would vanish when the "
+                             f"long side is scaled to {self.transform.target_length} px", "image")
         resized = self.transform.apply_image(image)
         pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         features = self.model.image_encoder(self.model.preprocess(pixels.float()))

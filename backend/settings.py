@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, SettingsError
 
 OFFICIAL_CHECKPOINTS = {
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
@@ -32,6 +34,7 @@ class Settings:
     sam_download: bool = True  # fetch a missing checkpoint from SAM_CHECKPOINT_URL where the network allows
     sam_arch_overrides: str = ""  # JSON of architecture sizes, for custom-size checkpoints
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    model_load_wait: float = 30.0  # seconds a request waits for a model load; the load goes on in the background
     preload_model: bool = True  # served processes load (or download) the SAM model at start, in the background
     model_dir: str = "data/models"  # checkpoints and fine-tuned versions
     redis_url: str = ""  # shared embedding cache and job queue; empty: in-process
@@ -44,9 +47,18 @@ class Settings:
     label_studio_url: str = ""  # for uploaded / local-storage / cloud images
     label_studio_api_key: str = ""
     image_cache_dir: str = "data/images"  # downloaded task images
+    image_cache_mb: int = 2048  # the download cache's bound; least recently used images go first
+    image_url_hosts: str = ""  # hosts images may be fetched from besides LABEL_STUDIO_URL's: name, name:port, *.domain
+    max_download_mb: int = 64  # larger downloads are refused
+    max_redirects: int = 3  # per download; each hop is checked against the policy again
     local_files_document_root: str = ""  # plain local paths in task data are read only below this folder
     max_image_pixels: int = 200_000_000  # larger images are refused
-    download_timeout: float = 30.0  # seconds for one image download
+    max_image_memory_mb: int = 1024  # images whose decoding needs more memory are refused
+    download_timeout: float = 30.0  # seconds for one image download, all redirects and the whole body
+    max_request_mb: int = 32  # larger request bodies answer 413
+    max_prompt_points: int = 64  # clicks in one interactive request
+    max_annotation_kb: int = 4096  # a larger annotation is not kept for training
+    max_project_annotations: int = 20000  # annotations kept for training per project
     polygon_epsilon: float = 1.5  # contour simplification tolerance, in pixels
     prelabel_mode: str = "categories"  # batch predict without clicks: categories (detector) | everything | off
     detector_model: str = "google/owlv2-base-patch16-ensemble"  # or IDEA-Research/grounding-dino-tiny, or a folder
@@ -78,8 +90,9 @@ class Settings:
     train_every: int = 10  # start a fine-tuning job after every N new/updated annotations (0: only START_TRAINING)
     train_epochs: int = 20  # upper bound; early stopping usually ends sooner
     job_timeout: int = 6 * 3600  # seconds an RQ job may run
-    basic_auth_user: str = ""
+    basic_auth_user: str = ""  # HTTP basic auth for every route but /health; set both or neither
     basic_auth_pass: str = ""
+    allow_unauthenticated: bool = False  # serve on a non-loopback address without basic auth (not recommended)
     log_level: str = "INFO"
 
     @classmethod
@@ -103,6 +116,36 @@ class Settings:
         if "local_files_document_root" not in values and env.get("LOCAL_FILES_DOCUMENT_ROOT"):
             values["local_files_document_root"] = env["LOCAL_FILES_DOCUMENT_ROOT"]
         return cls(**values)
+
+    def problems(self) -> list[str]:
+        """What makes these settings unsafe or unusable, one message per bad value (empty: fine)."""
+        problems = []
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            problems.append("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together (only one is set, which would "
+                            "leave the server open)")
+        for name in ("download_timeout", "max_download_mb", "max_request_mb", "max_prompt_points",
+                     "max_image_pixels", "max_image_memory_mb", "max_annotation_kb", "max_project_annotations"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
+        for name in ("max_redirects", "image_cache_mb", "embedding_disk_mb", "train_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name.upper()} must not be negative, got {getattr(self, name)}")
+        if self.label_studio_url and not re.match(r"^https?://[^/\s]+", self.label_studio_url):
+            problems.append(f"LABEL_STUDIO_URL must start with http:// or https:// and a host, got "
+                            f"{self.label_studio_url!r}")
+        for pattern in filter(None, (p.strip() for p in self.image_url_hosts.split(","))):
+            if not re.fullmatch(r"(\*|(\*\.)?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?", pattern):
+                problems.append(f"IMAGE_URL_HOSTS entry {pattern!r} is not host, host:port or *.domain")
+        return problems
+
+    def exposure_problem(self, hosts: list[str]) -> str | None:
+        """Why serving on `hosts` (bind addresses) is refused: a non-loopback address without basic auth."""
+        open_hosts = [h for h in hosts if not _is_loopback_host(h)]
+        if not open_hosts or self.basic_auth_user or self.allow_unauthenticated:
+            return None
+        return (f"refusing to serve on {', '.join(open_hosts)} without authentication: set BASIC_AUTH_USER and "
+                "BASIC_AUTH_PASS (and the same in Label Studio's model settings), bind to 127.0.0.1, or set "
+                "ALLOW_UNAUTHENTICATED=true to accept the risk")
 
     def _json_object(self, name: str) -> dict:
         """The JSON object in setting `name` ({} when empty); InputError naming the variable otherwise."""
@@ -136,6 +179,24 @@ class Settings:
             return Path(self.sam_checkpoint)
         name = Path(self.checkpoint_url).name or f"{self.sam_engine}.pth"
         return Path(self.model_dir) / "checkpoints" / name
+
+
+def check_startup(settings: Settings, hosts: list[str]) -> None:
+    """SettingsError listing every reason not to serve on `hosts` with `settings` (gunicorn and _wsgi.py)."""
+    exposure = settings.exposure_problem(hosts)
+    problems = settings.problems() + ([exposure] if exposure else [])
+    if problems:
+        raise SettingsError(problems)
+
+
+def _is_loopback_host(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.startswith("unix:")  # a unix socket is not on the network
 
 
 @lru_cache(maxsize=1)

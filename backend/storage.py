@@ -12,16 +12,29 @@ OUTPUT_URL + key when OUTPUT_URL is set).
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
-from .errors import BackendError
+from .errors import BackendError, InputError
 from .files import write_atomic
 from .settings import Settings
 
 
 class StorageError(BackendError):
     status = 507
+
+
+_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
+
+
+def checked_key(relative: str) -> str:
+    """`relative` if it is a plain relative key (letters, digits, '_', '-', '.', '/' between names; no '..',
+    no leading '/' or '.'); InputError otherwise."""
+    if not _KEY.match(relative) or ".." in relative or len(relative) > 512:
+        raise InputError(f"not a safe storage key: {relative[:80]!r}", "storage")
+    return relative
 
 
 class LocalStorage:
@@ -42,8 +55,11 @@ class LocalStorage:
 
     def save(self, relative: str, data: bytes) -> tuple[Path, str]:
         """Write `data` atomically under the root; (path, URL). StorageError saying where on failure."""
-        path = self.root / relative
+        path = self.root / checked_key(relative)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not Path(os.path.realpath(path.parent)).is_relative_to(os.path.realpath(self.root)):
+                raise StorageError(f"{relative} leads outside OUTPUT_DIR (a symlink?)", "OUTPUT_DIR")
             write_atomic(path, data)
         except OSError as exc:
             raise StorageError(f"cannot write {path}: {exc.strerror or exc}", "OUTPUT_DIR")
@@ -63,7 +79,7 @@ class S3Storage:
         """Upload `data` (one PUT: readers never see a part); (key, URL). StorageError saying where on failure."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        key = f"{self.prefix}/{relative}" if self.prefix else relative
+        key = f"{self.prefix}/{checked_key(relative)}" if self.prefix else checked_key(relative)
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except (BotoCoreError, ClientError) as exc:

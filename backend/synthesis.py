@@ -113,7 +113,7 @@ def generate_samples(task: dict, annotation: dict, label_config: str, settings: 
     url = (task.get("data") or {}).get(config.image_key)
     if not isinstance(url, str):
         raise InputError(f"task data has no field '{config.image_key}'", f"task {task.get('id')}")
-    image = read_task_image(url, settings, task.get("id")).decode(settings.max_image_pixels)
+    image = read_task_image(url, settings, task.get("id")).pixels(settings)
     height, width = image.shape[:2]
     request = parse_generation(annotation, height, width, settings)
     inpainter = get_inpainter(request.engine, settings)

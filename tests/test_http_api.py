@@ -116,7 +116,7 @@ BROKEN = data_uri(b"\x89PNG\r\n\x1a\n broken")
     (predict_body(IMAGE_URL, [rectangle(50, 50, 60, 10)]), 400, "outside the image", "context.result[0]"),
     (predict_body("data:image/png;base64,", [keypoint(40, 50)]), 422, "0 bytes", "data:image/png;base64,"),
     (predict_body(BROKEN, [keypoint(40, 50)]), 422, "not a readable image", BROKEN),
-    (predict_body(f"http://127.0.0.1:{free_port()}/a.png", [keypoint(40, 50)]), 422, "storage unreachable", "/a.png"),
+    (predict_body(f"http://127.0.0.1:{free_port()}/a.png", [keypoint(40, 50)]), 403, "IMAGE_URL_HOSTS", "/a.png"),
     ({**predict_body(IMAGE_URL, [keypoint(40, 50)]), "tasks": [{"id": 9, "data": {"img": "x"}}]}, 400,
      "no field 'image'", "task 9"),
     ({**predict_body(IMAGE_URL, [keypoint(40, 50)]), "tasks": "nope"}, 400, "must be a list", "/predict"),
@@ -145,8 +145,10 @@ def test_unexpected_failure_is_500_json_and_logged(grabcut_client, monkeypatch, 
 
     monkeypatch.setattr(get_segmentation(), "segment", explode)
     response = grabcut_client.post("/predict", json=predict_body(IMAGE_URL, [keypoint(40, 50)]))
-    assert response.status_code == 500 and response.json["error"] == "ZeroDivisionError: boom"
-    assert "boom" in caplog.text
+    assert response.status_code == 500 and response.json["error"].startswith("internal error ZeroDivisionError")
+    incident = response.json["error"].split("incident ")[1].split()[0]
+    assert "boom" not in response.json["error"]  # details stay in the log, under the incident id
+    assert f"incident {incident}" in caplog.text and "boom" in caplog.text
 
 
 def test_webhook_reaches_fit_which_keeps_the_annotation(grabcut_client, tmp_path):
@@ -188,8 +190,11 @@ def test_basic_auth(configure):
     import _wsgi
 
     client = _wsgi.app.test_client()
-    assert client.get("/health").status_code == 401
+    assert client.get("/health").json == {"status": "UP", "model_class": "SamBackend"}  # probes: status only
+    assert client.get("/metrics").status_code == 401
+    assert client.post("/predict", json=predict_body(IMAGE_URL, [keypoint(40, 50)])).status_code == 401
     wrong = base64.b64encode(b"ls:nope").decode()
-    assert client.get("/health", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
     right = base64.b64encode(b"ls:pw").decode()
-    assert client.get("/health", headers={"Authorization": f"Basic {right}"}).json["status"] == "UP"
+    assert client.get("/metrics", headers={"Authorization": f"Basic {right}"}).status_code == 200
+    assert "engine" in client.get("/health", headers={"Authorization": f"Basic {right}"}).json  # details

@@ -9,7 +9,7 @@ from tests.helpers import data_uri, disk_image, encode_image, free_port
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(image_cache_dir=str(tmp_path / "cache"), download_timeout=5)
+    return Settings(image_cache_dir=str(tmp_path / "cache"), download_timeout=5, image_url_hosts="127.0.0.1")
 
 
 def test_data_uri(settings):
@@ -59,7 +59,7 @@ def test_upload_without_label_studio_url(settings):
 
 
 def test_unreachable_storage(settings):
-    with pytest.raises(ImageError, match="storage unreachable") as info:
+    with pytest.raises(ImageError, match="download failed within DOWNLOAD_TIMEOUT=5 s: ConnectionError") as info:
         read_task_image(f"http://127.0.0.1:{free_port()}/missing.png", settings)
     assert "missing.png" in info.value.where
 
