@@ -9,7 +9,7 @@ import os
 from backend import job_routes
 from backend.errors import SettingsError
 from backend.interactive import get_segmentation, preload_in_background
-from backend.logs import install_log_escaping
+from backend.logs import install_log_escaping, redact_paths
 from backend.protocol import create_app
 from backend.settings import check_startup, get_settings
 from model import SamBackend
@@ -21,9 +21,28 @@ logging.basicConfig(
 install_log_escaping()
 
 
+def _engine_status() -> dict:
+    status = get_segmentation().engine.status()
+    return {**status, "problem": redact_paths(status["problem"])} if status.get("problem") else status
+
+
+def _not_ready() -> str | None:
+    """Why the configured engine cannot serve clicks (/health answers 503 with it), or None."""
+    status = _engine_status()
+    return None if status["loaded"] or status.get("loading") else status.get("problem")
+
+
 def _health() -> dict:
-    service = get_segmentation()
-    return {"engine": service.engine.status(), "cache": service.cache.stats()}
+    from backend.depth import _estimators
+    from backend.detector import _detectors
+
+    settings = get_settings()
+    engine = _engine_status()
+    segmenter = "ready" if engine["loaded"] else "loading" if engine.get("loading") else engine.get("problem")
+    features = {"segmenter": segmenter or "not loaded yet",
+                "detector": redact_paths(_detectors.describe(settings.detector_model, settings.device)),
+                "depth": redact_paths(_estimators.describe(settings.depth_model, settings.device))}
+    return {"engine": engine, "features": features, "cache": get_segmentation().cache.stats()}
 
 
 def _metrics() -> dict:
@@ -31,7 +50,7 @@ def _metrics() -> dict:
     return {"engine": service.engine.status(), "cache": service.cache.stats(), **service.counters.snapshot()}
 
 
-app = create_app(SamBackend, health_extra=_health, metrics_extra=_metrics)
+app = create_app(SamBackend, health_extra=_health, metrics_extra=_metrics, not_ready=_not_ready)
 job_routes.register(app)
 
 

@@ -76,9 +76,9 @@ class DownloadPolicy:
         """The route of `url`, or UrlRefusedError saying why and which setting allows it."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UrlRefusedError("only http:// and https:// URLs with a host are fetched", _short(url))
+            raise UrlRefusedError("only http:// and https:// URLs with a host are fetched", short_url(url))
         if parts.username is not None or parts.password is not None:
-            raise UrlRefusedError("URLs with credentials in them are not fetched", _short(url))
+            raise UrlRefusedError("URLs with credentials in them are not fetched", short_url(url))
         origin = _origin(url)
         if origin == self.label_studio:
             return Route(False, bool(_LS_MEDIA_PATH.match(parts.path)), True, True)
@@ -94,10 +94,11 @@ class DownloadPolicy:
             return Route(True, False, False, False)
         raise UrlRefusedError(
             f"host {host}:{port} is not allowed; images are fetched from Label Studio (LABEL_STUDIO_URL) and the "
-            "hosts named in IMAGE_URL_HOSTS (e.g. IMAGE_URL_HOSTS=images.example.com,*.cdn.example.com)", _short(url))
+            "hosts named in IMAGE_URL_HOSTS (e.g. IMAGE_URL_HOSTS=images.example.com,*.cdn.example.com)",
+            short_url(url))
 
 
-def _short(url: str) -> str:
+def short_url(url: str) -> str:
     return url if len(url) <= 120 else url[:100] + "..." + url[-15:]
 
 
@@ -136,9 +137,9 @@ class Download:
                 if response.status_code >= 400:
                     hint = " (check LABEL_STUDIO_API_KEY)" if route.label_studio and response.status_code in (
                         401, 403) else ""
-                    raise ImageError(f"download failed with HTTP {response.status_code}{hint}", _short(original))
+                    raise ImageError(f"download failed with HTTP {response.status_code}{hint}", short_url(original))
                 return self._body(response, route, deadline, original)
-        raise ImageError(f"more than MAX_REDIRECTS={self.settings.max_redirects} redirects", _short(original))
+        raise ImageError(f"more than MAX_REDIRECTS={self.settings.max_redirects} redirects", short_url(original))
 
     def _get(self, url: str, route: Route, deadline: float, original: str) -> requests.Response:
         remaining = deadline - time.monotonic()
@@ -153,14 +154,14 @@ class Download:
         except InvalidIPAddress:
             raise UrlRefusedError(
                 "the host resolves to a private, loopback or link-local address; name the host exactly in "
-                "IMAGE_URL_HOSTS to allow it", _short(original))
+                "IMAGE_URL_HOSTS to allow it", short_url(original))
         except requests.RequestException as exc:
             raise self._failure(f"{type(exc).__name__}: {exc}", route, original)
 
     def _body(self, response: requests.Response, route: Route, deadline: float, original: str) -> bytes:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            raise ImageError(f"image is larger than MAX_DOWNLOAD_MB={self.settings.max_download_mb}", _short(original))
+            raise self._too_large(original)
         chunks, size = [], 0
         try:
             while True:
@@ -169,8 +170,7 @@ class Download:
                     break
                 size += len(chunk)
                 if size > self.max_bytes:
-                    raise ImageError(f"image is larger than MAX_DOWNLOAD_MB={self.settings.max_download_mb}",
-                                     _short(original))
+                    raise self._too_large(original)
                 if time.monotonic() > deadline:
                     raise self._failure("timed out", route, original)
                 chunks.append(chunk)
@@ -186,19 +186,22 @@ class Download:
         if encoding in ("", "identity"):
             return body
         if encoding not in ("gzip", "deflate", "x-gzip"):
-            raise ImageError(f"unsupported Content-Encoding {encoding!r}", _short(original))
+            raise ImageError(f"unsupported Content-Encoding {encoding!r}", short_url(original))
         decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
         try:
             data = decoder.decompress(body, self.max_bytes + 1)
         except zlib.error as exc:
-            raise ImageError(f"broken {encoding} body ({exc})", _short(original))
+            raise ImageError(f"broken {encoding} body ({exc})", short_url(original))
         if len(data) > self.max_bytes:
-            raise ImageError(f"image is larger than MAX_DOWNLOAD_MB={self.settings.max_download_mb}", _short(original))
+            raise self._too_large(original)
         return data
 
+    def _too_large(self, original: str) -> ImageError:
+        return ImageError(f"image is larger than MAX_DOWNLOAD_MB={self.settings.max_download_mb}", short_url(original))
+
     def _failure(self, detail: str, route: Route, original: str) -> ImageError:
-        logger.warning("download of %s failed: %s", _short(original), detail)
+        logger.warning("download of %s failed: %s", short_url(original), detail)
         limit = f"DOWNLOAD_TIMEOUT={self.settings.download_timeout:g} s"
         if route.detailed_errors:
-            return ImageError(f"download failed within {limit}: {detail}", _short(original))
-        return ImageError(f"download failed: no complete answer within {limit}", _short(original))
+            return ImageError(f"download failed within {limit}: {detail}", short_url(original))
+        return ImageError(f"download failed: no complete answer within {limit}", short_url(original))

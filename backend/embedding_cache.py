@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from .files import BoundedFolder
+from .logs import redact_paths
 from .segmenter import Embedding
 from .settings import Settings
 
@@ -184,7 +185,7 @@ class DiskStore:
         self.files.write(key, serialize(embedding))
 
     def stats(self) -> dict:
-        return {"kind": "disk", "folder": str(self.files.folder), **self.files.stats()}
+        return {"kind": "disk", "folder": redact_paths(str(self.files.folder)), **self.files.stats()}
 
 
 def make_cache(settings: Settings) -> EmbeddingCache:

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .download import Download, UrlRefusedError, _short
+from .download import Download, UrlRefusedError, short_url
 from .errors import ImageError, InputError
 from .files import BoundedFolder
 from .settings import Settings
@@ -92,11 +92,11 @@ class TaskImage:
 def _decode_data_uri(url: str) -> bytes:
     header, _, payload = url.partition(",")
     if ";base64" not in header:
-        raise ImageError("only base64 data: URIs are supported", _short(url))
+        raise ImageError("only base64 data: URIs are supported", short_url(url))
     try:
         return base64.b64decode(payload, validate=False)
     except (binascii.Error, ValueError) as exc:
-        raise ImageError(f"broken base64 in data: URI ({exc})", _short(url))
+        raise ImageError(f"broken base64 in data: URI ({exc})", short_url(url))
 
 
 def read_below_root(path: str, root: str, shown: str) -> bytes:
@@ -132,7 +132,7 @@ def _label_studio_url(path: str, settings: Settings, shown: str) -> str:
 
 def _label_studio_sources(url: str, task_id: int | None, settings: Settings) -> list[str]:
     """The Label Studio URLs to try, in order, for a Label Studio media reference."""
-    shown = _short(url)
+    shown = short_url(url)
     if url.startswith(_CLOUD_PREFIXES):
         if task_id is None:
             raise InputError("a cloud storage URI needs the task id to be presigned by Label Studio", shown)
@@ -153,7 +153,7 @@ def _fetch(url: str, task_id: int | None, settings: Settings) -> TaskImage:
     key = url
     data = cache.read(key)
     if data:
-        return TaskImage(data=data, source=_short(url), cache=cache, cache_key=key)
+        return TaskImage(data=data, source=short_url(url), cache=cache, cache_key=key)
     sources = [url] if url.startswith(("http://", "https://")) else _label_studio_sources(url, task_id, settings)
     download = Download(settings)
     first_error: ImageError | None = None
@@ -167,13 +167,13 @@ def _fetch(url: str, task_id: int | None, settings: Settings) -> TaskImage:
         raise first_error
     if data:
         cache.write(key, data)
-    return TaskImage(data=data, source=_short(url), cache=cache, cache_key=key)
+    return TaskImage(data=data, source=short_url(url), cache=cache, cache_key=key)
 
 
 def _local_storage_path(url: str) -> str:
     values = parse_qs(urlsplit(url).query, keep_blank_values=True).get("d")
     if not values or not values[-1]:
-        raise InputError("a Local Storage URL needs ?d=<path>", _short(url))
+        raise InputError("a Local Storage URL needs ?d=<path>", short_url(url))
     return values[-1]
 
 
@@ -184,17 +184,17 @@ def read_task_image(url: object, settings: Settings, task_id: int | None = None)
         raise InputError(f"image field is empty or not a string: {url!r}", f"task {task_id}")
     url = url.strip()
     if url.startswith("data:"):
-        image = TaskImage(data=_decode_data_uri(url), source=_short(url))
+        image = TaskImage(data=_decode_data_uri(url), source=short_url(url))
     elif url.startswith("/data/local-files") and settings.local_files_document_root:
         path = _local_storage_path(url)
-        image = TaskImage(read_below_root(path, settings.local_files_document_root, _short(url)), _short(url))
+        image = TaskImage(read_below_root(path, settings.local_files_document_root, short_url(url)), short_url(url))
     elif url.startswith(("http://", "https://", *_LABEL_STUDIO_PREFIXES)):
         image = _fetch(url, task_id, settings)
     elif _SCHEME.match(url) and not url.startswith("file://"):
-        raise UrlRefusedError("only http://, https://, data: and Label Studio storage URLs are read", _short(url))
+        raise UrlRefusedError("only http://, https://, data: and Label Studio storage URLs are read", short_url(url))
     else:
         image = TaskImage(read_below_root(url.removeprefix("file://"), settings.local_files_document_root,
-                                          _short(url)), _short(url))
+                                          short_url(url)), short_url(url))
     if not image.data:
-        raise ImageError("image file is empty (0 bytes)", _short(url))
+        raise ImageError("image file is empty (0 bytes)", short_url(url))
     return image

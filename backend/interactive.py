@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .download import short_url
 from .embedding_cache import EmbeddingCache, cache_key, make_cache
 from .engines import SegmenterHolder
 from .errors import BackendError, InputError
@@ -146,8 +147,8 @@ def precompute_embeddings(urls: list[str]) -> dict:
             service.embedding(read_task_image(url, service.settings))
             done += 1
         except Exception as exc:  # one bad image must not stop the rest
-            failed[url[:200]] = str(exc)
-            logger.warning("precomputing the embedding of %s failed: %s", url[:200], exc)
+            failed[short_url(url)] = str(exc)
+            logger.warning("precomputing the embedding of %s failed: %s", short_url(url), exc)
     return {"embedded": done, "failed": failed}
 
 

@@ -42,4 +42,5 @@ def register(app: Flask) -> None:
     def job(job_id: str):
         if not JOB_ID.match(job_id):
             raise InputError("not a job id", "/jobs")
-        return jsonify(get_queue().status(job_id))
+        status = get_queue().status(job_id)
+        return jsonify(status), 404 if status["status"] == "unknown" else 200

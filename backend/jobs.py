@@ -20,6 +20,16 @@ logger = logging.getLogger(__name__)
 QUEUE_NAME = "backend"
 
 
+def finished(body: dict, result) -> dict:
+    """A finished job's status: `failed` when it reports tasks and every one of them failed."""
+    if isinstance(result, dict) and result.get("failed") and not result.get("done") and not result.get("skipped"):
+        errors = result.get("errors") or {}
+        first = next(iter(errors.values()), "")
+        return {**body, "status": "failed", "result": result,
+                "error": f"all {result['failed']} tasks failed" + (f"; the first: {first}" if first else "")}
+    return {**body, "status": "finished", "result": result}
+
+
 def resolve(path: str):
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
@@ -65,7 +75,7 @@ class InProcessQueue:
         if error is not None:
             message = f"{type(error).__name__}: {error}"
             return {"id": job_id, "function": func_path, "status": "failed", "error": message}
-        return {"id": job_id, "function": func_path, "status": "finished", "result": future.result()}
+        return finished({"id": job_id, "function": func_path}, future.result())
 
     def wait(self, job_id: str, timeout: float | None = None):
         """The job's result (tests and CLIs)."""
@@ -101,7 +111,7 @@ class RedisQueue:
             return {"id": job_id, "status": "unknown"}
         body = {"id": job_id, "function": job.func_name, "status": job.get_status(refresh=True).value}
         if body["status"] == "finished":
-            body["result"] = job.return_value()
+            return finished({"id": job_id, "function": job.func_name}, job.return_value())
         elif body["status"] == "failed":
             body["error"] = (job.exc_info or "").strip().splitlines()[-1:] or ["failed"]
             body["error"] = body["error"][0]

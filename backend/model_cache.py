@@ -114,6 +114,15 @@ class ModelCache(Generic[T]):
             entry = self._failures.get(key)
             return entry[1] if entry else None
 
+    def describe(self, *key: Hashable) -> str:
+        """For /health: 'ready', 'loading', 'not loaded yet' (loads on first use) or the load error."""
+        if self.loaded(*key) is not None:
+            return "ready"
+        if self.loading(*key):
+            return "loading"
+        failure = self.failure(*key)
+        return f"failed: {failure.message}" if failure else "not loaded yet"
+
     def clear(self) -> None:
         with self._state_lock:
             self._models.clear()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -24,7 +26,11 @@ def from_pretrained(load: Callable[[str], T], name: str, what: str, setting: str
     try:
         return load(name)
     except (OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        offline = ""
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") and not Path(name).is_dir():
+            offline = " HF_HUB_OFFLINE is set, so only folders and models already in the hub cache load."
         raise ModelUnavailableError(
-            f"{what} {name!r} could not be loaded ({str(exc).splitlines()[0][:200]}). Set {setting} to a folder "
-            f"saved with save_pretrained, or to a hub id such as {hub_example} where https://huggingface.co is "
-            "reachable", setting)
+            f"{what} {name!r} could not be loaded ({reason}).{offline} Set {setting} to a folder saved with "
+            f"save_pretrained, or to a hub id such as {hub_example} where https://huggingface.co is reachable",
+            setting)

@@ -100,8 +100,10 @@ def _is_loopback(address: str | None) -> bool:
         return False
 
 
-def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_extra=None) -> Flask:
-    """The WSGI app serving `model_class`. `health_extra()` / `metrics_extra()` add fields to those routes."""
+def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_extra=None,
+               not_ready=None) -> Flask:
+    """The WSGI app serving `model_class`. `health_extra()` / `metrics_extra()` add fields to those routes;
+    `not_ready()` says why the model cannot serve (None: it can)."""
     settings = get_settings()
     problems = settings.problems()
     if problems:
@@ -132,10 +134,15 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
     @app.get("/")
     @app.get("/health")
     def health():
-        body = {"status": "UP", "model_class": model_class.__name__}
+        """UP (200), or ERROR (503) with the reason when the configured model cannot serve, so that Label
+        Studio's model card shows it on connect; details (`health_extra`) only for authenticated callers."""
+        problem = not_ready() if not_ready else None
+        body = {"status": "ERROR" if problem else "UP", "model_class": model_class.__name__}
+        if problem:
+            body["error"] = redact_paths(problem)
         if health_extra and _authorized(get_settings()):
             body.update(health_extra())
-        return jsonify(body)
+        return jsonify(body), 503 if problem else 200
 
     @app.post("/setup")
     def setup():

@@ -130,6 +130,12 @@ class Settings:
         for name in ("max_redirects", "image_cache_mb", "embedding_disk_mb", "train_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must not be negative, got {getattr(self, name)}")
+        for name, allowed in (("prelabel_mode", ("categories", "everything", "off")),
+                              ("synthesis_engine", ("kandinsky", "sd2"))):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name.upper()}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            problems.append(f"DEVICE={self.device!r} is not auto, cpu, cuda or cuda:N")
         if self.label_studio_url and not re.match(r"^https?://[^/\s]+", self.label_studio_url):
             problems.append(f"LABEL_STUDIO_URL must start with http:// or https:// and a host, got "
                             f"{self.label_studio_url!r}")

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-from backend import depth as depth_module
 from backend.depth import DepthEstimator, depth_for_task
 from backend.errors import BackendError, ImageError, ModelUnavailableError
 from backend.settings import Settings
@@ -77,7 +76,9 @@ def test_missing_model_names_the_setting(tmp_path):
     with pytest.raises(ModelUnavailableError, match="DEPTH_MODEL") as error:
         DepthEstimator(str(tmp_path / "no-such-model"))
     assert "Depth-Anything-V2-Small-hf" in str(error.value)
-    depth_module._estimator = None
+    with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE is set") as error:  # tests run offline
+        DepthEstimator("someone/a-depth-model-with-a-long-name-" + "x" * 200)
+    assert "x" * 200 in str(error.value)  # the whole reason, not cut mid-sentence
 
 
 def test_depth_goes_to_an_s3_compatible_bucket_by_setting(tiny_depth, tmp_path, monkeypatch):

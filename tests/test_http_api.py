@@ -40,10 +40,13 @@ def test_health_says_what_is_missing(configure, tmp_path):
     import _wsgi
 
     client = _wsgi.app.test_client()
-    body = client.get("/health").json
-    assert body["status"] == "UP" and body["model_class"] == "SamBackend"
-    assert body["engine"]["loaded"] is False
-    assert "sam_vit_b_01ec64.pth" in body["engine"]["problem"]
+    response = client.get("/health")  # 503 with the reason: Label Studio's model card shows it on connect
+    body = response.json
+    assert response.status_code == 503 and body["status"] == "ERROR" and body["model_class"] == "SamBackend"
+    assert "sam_vit_b_01ec64.pth" in body["error"] and "SAM_CHECKPOINT" in body["error"]
+    assert body["engine"]["loaded"] is False and body["features"]["segmenter"] == body["error"]
+    assert "MODEL_DIR/checkpoints/sam_vit_b_01ec64.pth" in body["error"]  # no server path
+    assert str(tmp_path) not in response.get_data(as_text=True)
     response = client.post("/predict", json=predict_body(IMAGE_URL, [keypoint(40, 50)]))
     assert response.status_code == 503
     assert "SAM_CHECKPOINT" in response.json["error"] and response.json["status"] == "ERROR"

@@ -48,3 +48,18 @@ def test_training_job_runs_on_an_rq_worker_process(tiny_checkpoints, redis_url, 
     assert status["status"] == "finished", (status, worker.stderr[-3000:])
     assert status["result"]["version"] == "v1"
     assert [v.name for v in ModelVersions(model_dir, "12").list()] == ["v1"]
+
+
+def test_a_job_whose_every_task_failed_is_failed_not_finished():
+    from backend.jobs import finished
+
+    all_failed = {"project": 3, "done": 0, "skipped": 0, "failed": 2, "errors": {"7": "task 7: broken image"}}
+    status = finished({"id": "j"}, all_failed)
+    assert status["status"] == "failed" and "all 2 tasks failed; the first: task 7: broken image" in status["error"]
+    assert finished({"id": "j"}, {**all_failed, "done": 1})["status"] == "finished"
+    assert finished({"id": "j"}, {"ok": 1})["status"] == "finished"
+
+
+def test_unknown_job_is_404(grabcut_client):
+    response = grabcut_client.get("/jobs/0123456789ab")
+    assert response.status_code == 404 and response.json["status"] == "unknown"

@@ -40,3 +40,17 @@ def test_missing_label_with_several_choices_is_an_error():
 def test_unusable_configs(config, message):
     with pytest.raises(InputError, match=message):
         parse_label_config(config)
+
+
+def test_every_shipped_config_is_well_formed_xml():
+    import xml.etree.ElementTree as ElementTree
+
+    from label_studio_sdk.label_interface import LabelInterface
+
+    from tests.processes import ROOT
+
+    configs = [ROOT / "label_config.xml", *sorted((ROOT / "label_configs").glob("*.xml"))]
+    assert len(configs) >= 4
+    for path in configs:
+        ElementTree.fromstring(path.read_text())  # Label Studio refuses what does not parse
+        assert LabelInterface(path.read_text()).get_object("image") is not None, path

@@ -483,3 +483,12 @@ def test_docker_image_runs_as_a_user_on_a_pinned_base():
     assert base.count(".") >= 2 or "@sha256:" in base, base  # python:3.11.x-..., not python:3.11-slim
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), users
+
+
+def test_bad_setting_values_are_named_at_start(tmp_path):
+    text = start_refused({"SAM_ENGINE": "grabcut", "PRELABEL_MODE": "bogus", "DEVICE": "gpu",
+                          "MAX_DOWNLOAD_MB": "0", "IMAGE_URL_HOSTS": "ok.example.com,bad host"}, tmp_path,
+                         f"127.0.0.1:{free_port()}")
+    for expected in ("PRELABEL_MODE='bogus' is not one of categories, everything, off", "DEVICE='gpu'",
+                     "MAX_DOWNLOAD_MB must be positive", "IMAGE_URL_HOSTS entry 'bad host'"):
+        assert expected in text, text

@@ -51,4 +51,5 @@ def test_bad_depth_requests_are_refused_clearly(backend):
     response = requests.post(f"{backend.url}/depth", json={"tasks": ["seven"]}, timeout=10)
     assert response.status_code == 400 and response.json()["where"] == "/depth tasks"
     assert requests.post(f"{backend.url}/depth", json={}, timeout=10).status_code == 400
-    assert requests.get(f"{backend.url}/jobs/nope", timeout=10).json()["status"] == "unknown"
+    unknown = requests.get(f"{backend.url}/jobs/nope", timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["status"] == "unknown"
