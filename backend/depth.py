@@ -1,6 +1,6 @@
 """Depth Anything depth maps stored as task data: `depth` (colour preview URL), `depth_raw`, `depth_meta`.
 
-    python -m backend.depth --project 3 [--task 17] [--force]
+    python -m backend.depth --project 3 [--task 17 ...] [--force]
 
 Relative models give a 16-bit PNG (inverse relative depth, min..max of the map stretched to 0..65535;
 `depth_meta` holds min/max); metric models (the Metric-Indoor/Outdoor variants) give a float32 .npy in
@@ -23,7 +23,7 @@ from PIL import Image
 
 from .errors import BackendError
 from .images import read_task_image
-from .ls_client import call, make_client
+from .ls_client import ERROR_FIELD, call, make_client, note_task_error, read_task, read_tasks
 from .model_cache import ModelCache
 from .pretrained import from_pretrained, resolve_device
 from .settings import Settings, get_settings
@@ -127,31 +127,38 @@ def depth_for_task(task: dict, settings: Settings, image_key: str = "image", for
     return depth_outputs(int(task.get("id") or 0), image_key, depth, storage or make_storage(settings))
 
 
-def run_depth_task(task_id: int, image_key: str = "image", force: bool = False, client=None,
+def run_depth_task(project_id: int, task_id: int, image_key: str = "image", force: bool = False, client=None,
                    storage: LocalStorage | S3Storage | None = None) -> dict:
     """Job: compute and store one task's depth through the Label Studio API (a project run passes its one
-    API client and storage)."""
+    API client and storage). A failure is also shown in the task's `backend_error` data field."""
     settings = get_settings()
     client = client or make_client(settings)
-    task = call(f"task {task_id}", client.tasks.get, id=task_id)
-    fields = depth_for_task({"id": task.id, "data": task.data}, settings, image_key, force, storage)
+    task = read_task(client, project_id, task_id)
+    try:
+        fields = depth_for_task(task, settings, image_key, force, storage)
+    except BackendError as exc:
+        note_task_error(client, project_id, task_id, f"depth failed: {exc}")
+        raise
     if fields is None:
         return {"task": task_id, "status": "skipped", "reason": "already has depth"}
-    current = call(f"task {task_id}", client.tasks.get, id=task_id)  # merge into the freshest data
-    call(f"task {task_id}", client.tasks.update, id=task_id, data={**current.data, **fields})
+    current = read_task(client, project_id, task_id)["data"]  # merge into the freshest data
+    current.pop(ERROR_FIELD, None)
+    call(f"task {task_id}", client.tasks.update, id=task_id, data={**current, **fields})
     return {"task": task_id, "status": "done", "depth": fields["depth"]}
 
 
-def run_depth_project(project_id: int, image_key: str = "image", force: bool = False, progress=None) -> dict:
-    """Job: depth for every task of a project; counts of done / skipped / failed (with reasons)."""
+def run_depth_project(project_id: int, image_key: str = "image", force: bool = False, progress=None,
+                      task_ids: list[int] | None = None) -> dict:
+    """Job: depth for every task of a project (or those in `task_ids`); counts of done / skipped / failed
+    (with reasons)."""
     settings = get_settings()
     client = make_client(settings)
     storage = make_storage(settings)
-    task_ids = [t.id for t in call(f"project {project_id}", client.tasks.list, project=project_id)]
+    task_ids = task_ids or [t["id"] for t in read_tasks(client, project_id)]
     report: dict = {"project": project_id, "done": 0, "skipped": 0, "failed": 0, "errors": {}}
     for index, task_id in enumerate(task_ids, 1):
         try:
-            result = run_depth_task(task_id, image_key, force, client, storage)
+            result = run_depth_task(project_id, task_id, image_key, force, client, storage)
             report["done" if result["status"] == "done" else "skipped"] += 1
         except BackendError as exc:
             report["failed"] += 1
@@ -169,24 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     parser = argparse.ArgumentParser(description="Depth Anything depth maps for Label Studio tasks")
-    parser.add_argument("--project", type=int)
-    parser.add_argument("--task", type=int)
+    parser.add_argument("--project", type=int, required=True)
+    parser.add_argument("--task", type=int, action="append", help="only this task (repeat for more)")
     parser.add_argument("--image-key", default="image", help="the task data field of the image")
     parser.add_argument("--force", action="store_true", help="recompute tasks that already have depth")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.task:
-        print(json.dumps(run_depth_task(args.task, args.image_key, args.force)))
-        return 0
-    if not args.project:
-        parser.error("--project or --task is required")
     bar = tqdm(unit="task")
 
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(1)
 
-    report = run_depth_project(args.project, args.image_key, args.force, progress)
+    report = run_depth_project(args.project, args.image_key, args.force, progress, args.task)
     bar.close()
     print(json.dumps(report, indent=2))
     return 1 if report["failed"] else 0

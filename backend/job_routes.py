@@ -22,20 +22,17 @@ def _ids(value: object, where: str) -> list[int]:
 def register(app: Flask) -> None:
     @app.post("/depth")
     def depth():
-        """{"project": 3} or {"tasks": [17, 18]}, optional "image_key", "force": queue depth jobs."""
+        """{"project": 3}, optionally "tasks": [17, 18], "image_key", "force": queue a depth job."""
         body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not ({"project", "tasks"} & body.keys()):
-            raise InputError('send {"project": ID} or {"tasks": [ID, ...]}', "/depth")
+        if not isinstance(body, dict) or "project" not in body:
+            raise InputError('send {"project": ID} or {"project": ID, "tasks": [ID, ...]}', "/depth")
         image_key, force = body.get("image_key", "image"), bool(body.get("force", False))
         if not isinstance(image_key, str) or not DATA_KEY.match(image_key):
             raise InputError("'image_key' must be a task data field name (letters, digits, '_', '-')", "/depth")
+        [project] = _ids([body["project"]], "/depth project")
+        tasks = _ids(body["tasks"], "/depth tasks") if "tasks" in body else None
         queue = get_queue()
-        if "tasks" in body:
-            jobs = [queue.enqueue("backend.depth.run_depth_task", task, image_key, force)
-                    for task in _ids(body["tasks"], "/depth tasks")]
-        else:
-            [project] = _ids([body["project"]], "/depth project")
-            jobs = [queue.enqueue("backend.depth.run_depth_project", project, image_key, force)]
+        jobs = [queue.enqueue("backend.depth.run_depth_project", project, image_key, force, None, tasks)]
         return jsonify({"jobs": jobs, "queue": queue.kind}), 202
 
     @app.get("/jobs/<job_id>")

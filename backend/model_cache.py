@@ -21,13 +21,13 @@ LOAD_WAIT: ContextVar[float | None] = ContextVar("model_load_wait", default=None
 class ModelCache(Generic[T]):
     """`get(*key)` loads with `load(*key)` on first use and keeps the `keep` most recently used models.
 
-    A load that raises ModelUnavailableError is not tried again for `retry_after` seconds (the same error
+    A load that raises ModelUnavailableError is not tried again for MODEL_RETRY_SECONDS (the same error
     is raised at once): offline, a missing hub model takes ~20 s to fail, which a bulk run would otherwise
     pay for every task. One load runs at a time, so concurrent first requests load a model once, and
     `loaded` / `failure` (for /health) answer at once even while a long load or download runs.
     """
 
-    retry_after = 30.0
+    retry_after: float | None = None  # seconds; None: MODEL_RETRY_SECONDS
 
     def __init__(self, load: Callable[..., T], keep: int = 1):
         self._load = load
@@ -75,7 +75,7 @@ class ModelCache(Generic[T]):
                 if key in self._models:
                     return self._models[key]
                 failure = self._failures.get(key)
-            if failure is not None and time.monotonic() - failure[0] < self.retry_after:
+            if failure is not None and time.monotonic() - failure[0] < self._retry_after():
                 raise failure[1]
             with self._state_lock:
                 self._loading.add(key)
@@ -94,6 +94,13 @@ class ModelCache(Generic[T]):
                 while len(self._models) > self.keep:
                     self._models.popitem(last=False)
             return model
+
+    def _retry_after(self) -> float:
+        if self.retry_after is not None:
+            return self.retry_after
+        from .settings import get_settings
+
+        return get_settings().model_retry_seconds
 
     def loaded(self, *key: Hashable) -> T | None:
         """The model if it is loaded (never loads, never waits for a load)."""

@@ -23,7 +23,7 @@ from .errors import BackendError, InputError
 from .images import read_task_image
 from .interactive import InteractiveSegmentation, get_segmentation, task_image_url, versioned
 from .label_config import LabelConfig, parse_label_config
-from .ls_client import call, make_client
+from .ls_client import ERROR_FIELD, call, make_client, note_task_error, read_task, read_tasks
 from .mask_encoding import mask_results
 from .prompts import Prompt
 from .settings import Settings, get_settings
@@ -120,42 +120,63 @@ def everything_masks(service: InteractiveSegmentation, image, settings: Settings
     return [(m["segmentation"].astype(bool), float(m["predicted_iou"])) for m in found]
 
 
-def predict_tasks(tasks: list[dict], config: LabelConfig, model_version: str, project_id: str = "") -> list[dict]:
-    """Predictions for a batch request, one per task in order; a failing task gets an empty prediction
-    (and its error in the log), and the rest go on."""
+def predict_tasks(tasks: list[dict], config: LabelConfig, model_version: str, project_id: str = "") -> list:
+    """Predictions for a batch request, one entry per task in order. A task that fails, or where nothing is
+    found, gets no prediction (an empty list), so Label Studio asks again later instead of storing an empty
+    one; the reason goes to the task's `backend_error` data field (cleared on success) and the log."""
     settings = get_settings()
-    predictions = []
+    client = optional_client(settings)
+    predictions: list = []
     for task in tasks:
+        task_id = task.get("id") if isinstance(task, dict) else None
         try:
-            predictions.append(prelabel_task(task, config, settings, model_version, project_id=project_id))
+            prediction = prelabel_task(task, config, settings, model_version, project_id=project_id)
+            error = None if prediction["result"] else "pre-labeling found nothing"
         except BackendError as exc:
-            logger.warning("pre-labeling task %s failed: %s", (task or {}).get("id"), exc)
-            predictions.append({"result": [], "score": 0.0, "model_version": model_version, "error": str(exc)})
+            logger.warning("pre-labeling task %s failed: %s", task_id, exc)
+            prediction, error = None, f"pre-labeling failed: {exc}"
+        predictions.append(prediction if error is None else [])
+        data = task.get("data") if isinstance(task, dict) else None
+        if client and str(project_id).isdigit() and isinstance(task_id, int) and (
+                error or ERROR_FIELD in (data or {})):
+            note_task_error(client, int(project_id), task_id, error)
     return predictions
+
+
+def optional_client(settings: Settings):
+    """The Label Studio client, or None where LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are not set."""
+    return make_client(settings) if settings.label_studio_url and settings.label_studio_api_key else None
 
 
 # ---------------------------------------------------------------- project-wide runs through the API
 def run_prelabel_task(project_id: int, task_id: int, model_version: str, label_config: str) -> dict:
-    """Job: pre-label one task and store the prediction in Label Studio."""
+    """Job: pre-label one task and store the prediction in Label Studio (none when nothing is found); the
+    outcome is also shown in the task's `backend_error` field."""
     settings = get_settings()
     client = make_client(settings)
     config = parse_label_config(label_config)
-    task = call(f"task {task_id}", client.tasks.get, id=task_id)
-    prediction = prelabel_task({"id": task.id, "data": task.data}, config, settings, model_version,
-                               project_id=str(project_id))
+    task = read_task(client, project_id, task_id)
+    try:
+        prediction = prelabel_task(task, config, settings, model_version, project_id=str(project_id))
+    except BackendError as exc:
+        note_task_error(client, project_id, task_id, f"pre-labeling failed: {exc}")
+        raise
+    if not prediction["result"]:
+        note_task_error(client, project_id, task_id, "pre-labeling found nothing")
+        return {"task": task_id, "status": "empty", "regions": 0}
     call(f"task {task_id}", client.predictions.create, task=task_id, result=prediction["result"],
          score=prediction["score"], model_version=prediction["model_version"])
+    if ERROR_FIELD in task["data"]:
+        note_task_error(client, project_id, task_id, None)
     return {"task": task_id, "status": "done", "regions": len(prediction["result"])}
 
 
 def tasks_to_do(client, project_id: int, model_version: str) -> tuple[list[int], list[int]]:
-    """(task ids without a prediction of `model_version`, ids that have one)."""
-    todo, done = [], []
-    for task in call(f"project {project_id}", client.tasks.list, project=project_id, fields="all"):
-        versions = {p.get("model_version") if isinstance(p, dict) else getattr(p, "model_version", None)
-                    for p in (task.predictions or [])}
-        (done if model_version in versions else todo).append(task.id)
-    return todo, done
+    """(task ids without a non-empty prediction of `model_version`, ids that have one)."""
+    done = {p.task for p in call(f"project {project_id}", client.predictions.list, project=project_id)
+            if p.model_version == model_version and p.result}
+    todo = [t["id"] for t in read_tasks(client, project_id) if t["id"] not in done]
+    return todo, sorted(done)
 
 
 def run_project(project_id: int, model_version: str, limit: int | None = None, progress=None) -> dict:
@@ -167,8 +188,8 @@ def run_project(project_id: int, model_version: str, limit: int | None = None, p
     label_config = call(f"project {project_id}", client.projects.get, id=project_id).label_config
     todo, done = tasks_to_do(client, project_id, model_version)
     todo = todo[:limit] if limit else todo
-    report: dict = {"project": project_id, "model_version": model_version, "done": 0, "skipped": len(done),
-                    "failed": 0, "errors": {}}
+    report: dict = {"project": project_id, "model_version": model_version, "done": 0, "empty": 0,
+                    "skipped": len(done), "failed": 0, "errors": {}}
     queue = get_queue()
     jobs = {queue.enqueue("backend.prelabel.run_prelabel_task", project_id, task_id, model_version, label_config):
             task_id for task_id in todo}
@@ -179,7 +200,10 @@ def run_project(project_id: int, model_version: str, limit: int | None = None, p
             status = queue.status(job_id)
             if status["status"] in ("finished", "failed", "unknown", "stopped", "canceled"):
                 task_id = pending.pop(job_id)
-                if status["status"] == "finished":
+                outcome = (status.get("result") or {}).get("status") if status["status"] == "finished" else None
+                if outcome == "empty":
+                    report["empty"] += 1
+                elif status["status"] == "finished":
                     report["done"] += 1
                 else:
                     report["failed"] += 1

@@ -93,6 +93,12 @@ def _authorized(settings: Settings) -> bool:
     )
 
 
+def status_phrase(text: str, limit: int = 400) -> str:
+    """`text` as an HTTP reason phrase: one line of printable ASCII."""
+    phrase = "".join(c if " " <= c <= "~" else " " for c in text).strip()
+    return phrase if len(phrase) <= limit else phrase[: limit - 3] + "..."
+
+
 def _is_loopback(address: str | None) -> bool:
     try:
         return ipaddress.ip_address(address or "").is_loopback
@@ -142,7 +148,8 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
             body["error"] = redact_paths(problem)
         if health_extra and _authorized(get_settings()):
             body.update(health_extra())
-        return jsonify(body), 503 if problem else 200
+        # Label Studio shows only the status line of a failed health check: the reason goes there too.
+        return jsonify(body), f"503 {status_phrase(body['error'])}" if problem else 200
 
     @app.post("/setup")
     def setup():

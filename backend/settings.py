@@ -34,6 +34,7 @@ class Settings:
     sam_download: bool = True  # fetch a missing checkpoint from SAM_CHECKPOINT_URL where the network allows
     sam_arch_overrides: str = ""  # JSON of architecture sizes, for custom-size checkpoints
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    model_retry_seconds: float = 30.0  # a failed model load is not tried again for this long (the error stays)
     model_load_wait: float = 30.0  # seconds a request waits for a model load; the load goes on in the background
     preload_model: bool = True  # served processes load (or download) the SAM model at start, in the background
     model_dir: str = "data/models"  # checkpoints and fine-tuned versions

@@ -23,7 +23,7 @@ from .images import TaskImage, read_task_image
 from .inpainting import ENGINES, InpaintRequest, get_inpainter, inpaint
 from .interactive import get_segmentation
 from .label_config import parse_label_config
-from .ls_client import call, make_client
+from .ls_client import ERROR_FIELD, call, make_client, note_task_error, read_task
 from .mask_encoding import mask_results, region_mask
 from .prompts import Prompt
 from .settings import Settings, get_settings
@@ -146,27 +146,24 @@ def generate_samples(task: dict, annotation: dict, label_config: str, settings: 
 
 
 def run_generation(project_id: int, task_id: int, annotation_id: int) -> dict:
-    """Job: generate the samples of one annotation and import them; a failure is noted on the source task."""
+    """Job: generate the samples of one annotation and import them; a failure is shown on the source task
+    (its `backend_error` data field, a Data Manager column), a success clears it."""
     settings = get_settings()
     client = make_client(settings)
     try:
         project = call(f"project {project_id}", client.projects.get, id=project_id)
-        task = call(f"task {task_id}", client.tasks.get, id=task_id)
+        task = read_task(client, project_id, task_id)
         annotation = call(f"annotation {annotation_id}", client.annotations.get, id=annotation_id)
-        new_tasks = generate_samples({"id": task.id, "data": task.data},
-                                     {"id": annotation.id, "result": annotation.result}, project.label_config,
-                                     settings)
+        new_tasks = generate_samples(task, {"id": annotation.id, "result": annotation.result},
+                                     project.label_config, settings)
         target = settings.synthesis_target_project or project_id
         call(f"project {target}", client.projects.import_tasks, id=target, request=new_tasks)
         logger.info("annotation %s: %d synthetic tasks imported into project %s", annotation_id, len(new_tasks),
                     target)
+        if ERROR_FIELD in task["data"]:
+            note_task_error(client, project_id, task_id, None)
         return {"annotation": annotation_id, "status": "done", "tasks": len(new_tasks), "project": target}
     except BackendError as exc:
         logger.warning("generation for annotation %s failed: %s", annotation_id, exc)
-        try:
-            task = client.tasks.get(id=task_id)
-            meta = {**(task.meta or {}), "synthesis_error": {"annotation": annotation_id, "error": str(exc)}}
-            client.tasks.update(id=task_id, meta=meta)
-        except Exception as note_error:  # the error is still in the job result and the log
-            logger.warning("could not note the failure on task %s: %s", task_id, note_error)
-        return {"annotation": annotation_id, "status": "failed", "error": str(exc)}
+        note_task_error(client, project_id, task_id, f"synthesis (annotation {annotation_id}) failed: {exc}")
+        raise

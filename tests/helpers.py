@@ -69,6 +69,21 @@ def disk_image(width: int = 320, height: int = 240, center=(0.4, 0.5), radius: f
     return image, mask
 
 
+def disk_grid(side: int = 320, cells: int = 4, seed: int = 0) -> np.ndarray:
+    """A square image with red disks centred on the corners of a cells x cells grid: whichever of its prior
+    boxes the tiny OWLv2 (boxes = one grid cell around each corner) picks holds one object."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(110, 12, (side, side, 3)).clip(0, 255).astype(np.uint8)
+    image[..., 1] = np.clip(image[..., 1].astype(int) + 40, 0, 255)
+    yy, xx = np.mgrid[:side, :side]
+    cell = side / cells
+    for row in range(1, cells + 1):  # OWLv2's prior boxes are centred on the grid's corners k * cell
+        for col in range(1, cells + 1):
+            inside = (xx - col * cell) ** 2 + (yy - row * cell) ** 2 <= (0.3 * cell) ** 2
+            image[inside] = (rng.normal(0, 8, (inside.sum(), 3)) + (210, 40, 40)).clip(0, 255).astype(np.uint8)
+    return image
+
+
 def encode_image(image: np.ndarray, fmt: str = "PNG", exif_orientation: int | None = None) -> bytes:
     buffer = io.BytesIO()
     pil = Image.fromarray(image)
@@ -151,8 +166,8 @@ def save_tiny_owlv2(folder: Path) -> Path:
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
               "image_size": 64, "patch_size": 16}
     model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
-    with torch.no_grad():  # boxes = the model's per-patch prior boxes (random box heads saturate to zero size)
-        model.box_head.dense2.weight.mul_(0.01)
+    with torch.no_grad():  # boxes = exactly the model's per-patch prior boxes: one grid cell each
+        model.box_head.dense2.weight.zero_()
         model.box_head.dense2.bias.zero_()
     model.save_pretrained(folder)
     Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),

@@ -16,6 +16,7 @@ import requests
 from label_studio_sdk import LabelStudio
 
 from tests.helpers import (
+    disk_grid,
     disk_image,
     encode_image,
     free_port,
@@ -110,17 +111,20 @@ def upload_images(server, project_id: int, images: list[tuple[str, np.ndarray]])
     assert response.status_code == 201, response.text
 
 
-def make_project(label_studio, backend=None, label_config: str = LABEL_CONFIG):
-    """A project (default: the repository's label_config.xml) with two uploaded images; `backend` connected."""
+def make_project(label_studio, backend=None, label_config: str = LABEL_CONFIG, grid: bool = False):
+    """A project (default: the repository's label_config.xml) with two uploaded images; `backend` connected.
+    `grid`: images of many disks (`disk_grid`), on which the tiny detector's boxes always hold an object."""
     client = label_studio.client
     project = client.projects.create(title="SAM backend e2e", label_config=label_config)
     truths = {}
     for index, center in enumerate([(0.4, 0.5), (0.62, 0.45)]):
         image, mask = disk_image(width=320, height=240, center=center, seed=index)
+        if grid:
+            image, mask = disk_grid(seed=index), None
         upload_images(label_studio, project.id, [(f"disk{index}.png", image)])
         truths[f"disk{index}.png"] = mask
     tasks = sorted(client.tasks.list(project=project.id), key=lambda t: t.id)
-    masks = {t.id: next(m for name, m in truths.items() if t.data["image"].endswith(name)) for t in tasks}
+    masks = {t.id: next((m for name, m in truths.items() if t.data["image"].endswith(name)), None) for t in tasks}
     ml = None
     if backend is not None:
         ml = client.ml.create(url=backend.url, project=project.id, is_interactive=True, title="SAM")
@@ -137,8 +141,16 @@ def project(label_studio, backend):
 
 
 @pytest.fixture
+def grid_project(label_studio, backend):
+    """A connected project whose images the tiny detector always finds objects in."""
+    made = make_project(label_studio, backend, grid=True)
+    yield made
+    label_studio.client.projects.delete(id=made[0].id)
+
+
+@pytest.fixture
 def unconnected_project(label_studio):
     """A project no ML backend is connected to (the CLI pre-labels any project through the API)."""
-    made = make_project(label_studio)
+    made = make_project(label_studio, grid=True)
     yield made
     label_studio.client.projects.delete(id=made[0].id)

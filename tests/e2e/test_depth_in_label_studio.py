@@ -48,7 +48,7 @@ def test_depth_for_a_project_is_stored_in_task_data_and_served_by_label_studio(l
 
 
 def test_bad_depth_requests_are_refused_clearly(backend):
-    response = requests.post(f"{backend.url}/depth", json={"tasks": ["seven"]}, timeout=10)
+    response = requests.post(f"{backend.url}/depth", json={"project": 1, "tasks": ["seven"]}, timeout=10)
     assert response.status_code == 400 and response.json()["where"] == "/depth tasks"
     assert requests.post(f"{backend.url}/depth", json={}, timeout=10).status_code == 400
     unknown = requests.get(f"{backend.url}/jobs/nope", timeout=10)

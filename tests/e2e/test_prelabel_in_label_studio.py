@@ -14,22 +14,26 @@ from backend.mask_encoding import rle_to_mask
 from tests.processes import ROOT
 
 
-def test_retrieve_predictions_stores_labeled_masks_with_the_model_version(label_studio, project):
-    labeled, tasks, _, _ = project
-    response = requests.post(f"{label_studio.url}/api/dm/actions?id=retrieve_tasks_predictions&project={labeled.id}",
+def retrieve_predictions(label_studio, project_id: int) -> None:
+    response = requests.post(f"{label_studio.url}/api/dm/actions?id=retrieve_tasks_predictions&project={project_id}",
                              json={"selectedItems": {"all": True, "excluded": []}},
                              headers={"Authorization": f"Token {label_studio.token}"}, timeout=300)
     assert response.status_code == 200, response.text
+
+
+def test_retrieve_predictions_stores_labeled_masks_with_the_model_version(label_studio, grid_project):
+    labeled, tasks, _, _ = grid_project
+    retrieve_predictions(label_studio, labeled.id)
     for task in tasks:
         [prediction] = label_studio.client.predictions.list(task=task.id)
         assert prediction.model_version == "grabcut"
-        # The tiny random detector's boxes are arbitrary (box -> mask quality: tests/test_prelabel.py); a box
-        # whose mask comes out empty is dropped, so 0-2 regions, each a labeled, non-empty brush mask.
-        assert len(prediction.result) <= 2
+        # The tiny random detector picks 2 of its grid boxes (MAX_DETECTIONS=2), each around a disk of the
+        # grid image; each region is a labeled, non-empty brush mask (box -> mask quality: tests/test_prelabel.py).
+        assert 1 <= len(prediction.result) <= 2
         for region in prediction.result:
             assert region["type"] == "brushlabels" and region["value"]["brushlabels"][0] in ("Object", "Person",
                                                                                             "Vehicle")
-            assert rle_to_mask(region["value"]["rle"], 240, 320).any()
+            assert rle_to_mask(region["value"]["rle"], 320, 320).any()
 
 
 def prelabel_cli(backend, project_id: int, redis: bool) -> dict:

@@ -73,6 +73,9 @@ def test_a_failed_generation_is_noted_on_the_source_task(label_studio, generatio
     project, tasks, _, _ = generation_project
     client = label_studio.client
     annotation = client.annotations.create(id=tasks[1].id, result=request_result("dalle"))
-    meta = wait_for(lambda: (client.tasks.get(id=tasks[1].id).meta or {}).get("synthesis_error"))
-    assert meta["annotation"] == annotation.id and "unknown engine 'dalle'" in meta["error"]
+    error = wait_for(lambda: client.tasks.get(id=tasks[1].id).data.get("backend_error"))
+    assert f"annotation {annotation.id}" in error and "unknown engine 'dalle'" in error
+    columns = requests.get(f"{label_studio.url}/api/dm/columns?project={project.id}",
+                           headers={"Authorization": f"Token {label_studio.token}"}, timeout=30).json()
+    assert "backend_error" in {c["id"] for c in columns["columns"]}  # a Data Manager column
     assert [a.id for a in client.annotations.list(id=tasks[1].id)] == [annotation.id]  # nothing lost
