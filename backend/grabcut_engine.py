@@ -15,7 +15,8 @@ class GrabCutSegmenter:
     A box marks everything outside it as background; a positive click marks a small disk as sure
     foreground and a wider disk around it as probable foreground; a negative click a small disk as
     sure background. The result keeps the connected parts that hold a positive seed. GrabCut has no
-    confidence: the score is the share of probable-foreground seeds it kept.
+    confidence of its own: the score is `boundary_contrast` (how different the mask's colours are from a
+    ring around it), near 1 for an object that stands out, near 0 for a cut through one uniform region.
     """
 
     name = "grabcut"
@@ -62,8 +63,7 @@ class GrabCutSegmenter:
                 pass
             small = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
             small = self._keep_seeded_components(small, seeds)
-        seeded = np.isin(seeds, (cv2.GC_FGD, cv2.GC_PR_FGD))
-        score = float((small & seeded).sum() / max(1, seeded.sum()))
+        score = boundary_contrast(embedding.features, small)
         height, width = embedding.original_size
         mask = cv2.resize(small.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
         return MaskResult(mask=mask, score=score)
@@ -75,3 +75,19 @@ class GrabCutSegmenter:
         if count <= 2 or sure.size == 0:
             return mask
         return np.isin(components, np.unique(sure[sure > 0]))
+
+
+def boundary_contrast(image: np.ndarray, mask: np.ndarray, bins: int = 8) -> float:
+    """1 - the Bhattacharyya overlap of the colour histograms inside `mask` and in a ring just outside it
+    (as wide as 5 % of the mask's size): 0 for no mask or identical colours, 1 for disjoint colours."""
+    if not mask.any() or mask.all():
+        return 0.0
+    ys, xs = np.nonzero(mask)
+    width = max(2, round(0.05 * max(np.ptp(ys), np.ptp(xs))))
+    ring = cv2.dilate(mask.astype(np.uint8), np.ones((2 * width + 1, 2 * width + 1), np.uint8)).astype(bool) & ~mask
+    if not ring.any():
+        return 0.0
+    ranges, sizes = [0, 256] * 3, [bins] * 3
+    inside = cv2.calcHist([image], [0, 1, 2], mask.astype(np.uint8), sizes, ranges)
+    around = cv2.calcHist([image], [0, 1, 2], ring.astype(np.uint8), sizes, ranges)
+    return float(np.clip(cv2.compareHist(inside, around, cv2.HISTCMP_BHATTACHARYYA), 0.0, 1.0))

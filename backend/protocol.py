@@ -18,6 +18,7 @@ import uuid
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from . import metrics
 from .errors import BackendError, ForbiddenError, InputError, SettingsError
 from .logs import redact_paths
 from .ml_base import LabelStudioMLBase
@@ -135,6 +136,8 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
     def _log(response: Response) -> Response:
         took = time.perf_counter() - g.get("started", time.perf_counter())
         logger.info("%s %s %s %.1f ms", request.method, request.path, response.status_code, took * 1000)
+        route = request.url_rule.rule if request.url_rule else "unmatched"  # bounded label values
+        metrics.observe(route, request.method, response.status_code, took)
         return response
 
     @app.get("/")
@@ -209,7 +212,12 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
         return jsonify({"versions": model.versions(), "model_version": model.model_version})
 
     @app.get("/metrics")
-    def metrics():
+    def metrics_route():
+        """label-studio-ml's JSON; Prometheus' text format for scrapers (Accept: text/plain or openmetrics,
+        or ?format=prometheus)."""
+        accept = request.headers.get("Accept", "")
+        if request.args.get("format") == "prometheus" or "text/plain" in accept or "openmetrics" in accept:
+            return Response(metrics.exposition(metrics_extra), content_type=metrics.CONTENT_TYPE)
         return jsonify(metrics_extra() if metrics_extra else {})
 
     return app

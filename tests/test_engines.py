@@ -180,3 +180,21 @@ def test_grabcut_works_on_large_images_at_reduced_size():
     assert max(embedding.input_size) == 512 and embedding.original_size == (1200, 1600)
     result = segmenter.decode(embedding, Prompt(points=np.array([[640.0, 600.0]], np.float32), labels=np.array([1])))
     assert result.mask.shape == (1200, 1600) and iou(result.mask, truth) > 0.9
+
+
+def test_grabcut_score_says_how_well_the_object_stands_out():
+    """The documented heuristic (boundary contrast): high for a clean object mask, low for a cut through
+    one uniform region, 0 for nothing."""
+    from backend.grabcut_engine import GrabCutSegmenter, boundary_contrast
+    from backend.prompts import Prompt
+    from tests.helpers import disk_image
+
+    image, truth = disk_image(320, 240)
+    segmenter = GrabCutSegmenter()
+    result = segmenter.decode(segmenter.embed(image), Prompt(box=np.array([40, 30, 240, 210], np.float32)))
+    assert result.score > 0.9 and iou(result.mask, truth) > 0.9
+    noise = np.random.default_rng(1).normal(120, 10, (240, 320, 3)).clip(0, 255).astype(np.uint8)
+    half = np.zeros((240, 320), bool)
+    half[:, :160] = True
+    assert boundary_contrast(noise, half) < 0.3
+    assert boundary_contrast(image, np.zeros((240, 320), bool)) == 0.0

@@ -202,3 +202,30 @@ def test_basic_auth(configure):
     right = base64.b64encode(b"ls:pw").decode()
     assert client.get("/metrics", headers={"Authorization": f"Basic {right}"}).status_code == 200
     assert "engine" in client.get("/health", headers={"Authorization": f"Basic {right}"}).json  # details
+
+
+def test_metrics_in_prometheus_text_format(grabcut_client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def samples() -> dict:
+        response = grabcut_client.get("/metrics", headers={"Accept": "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"})
+        assert response.status_code == 200 and response.content_type.startswith("text/plain")
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(response.get_data(as_text=True)) for s in family.samples}
+
+    before = samples()
+    grabcut_client.post("/predict", json=predict_body(IMAGE_URL, [keypoint(40, 50)]))
+    grabcut_client.post("/predict", json=predict_body(IMAGE_URL, [keypoint(140, 50)]))  # 400
+    after = samples()
+
+    def grew(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("backend_requests_total", route="/predict", method="POST", status="200") == 1
+    assert grew("backend_requests_total", route="/predict", method="POST", status="400") == 1
+    assert grew("backend_request_errors_total", route="/predict", status="400") == 1
+    assert grew("backend_request_duration_seconds_count", route="/predict") == 2
+    assert after[("backend_events_total", (("event", "decoder_runs"),))] >= 1
+    assert grabcut_client.get("/metrics?format=prometheus").content_type.startswith("text/plain")
+    assert "counts" in grabcut_client.get("/metrics").json  # label-studio-ml's JSON stays the default

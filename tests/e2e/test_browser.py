@@ -26,12 +26,14 @@ def test_click_in_the_browser_shows_the_mask_and_submits_it(label_studio, projec
     screenshot = ARTIFACTS / "browser-click-mask.png"
     run = subprocess.run(
         ["node", "label_with_click.mjs", label_studio.url, label_studio.email, label_studio.password,
-         str(labeled.id), str(task.id), "Object", "0.62", "0.45", str(screenshot)],
+         str(labeled.id), str(task.id), "Object", "0.62", "0.45", str(screenshot), "0.70", "0.40"],
         cwd=BROWSER_DIR, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
-    assert report["ml_requests"] >= 1 and report["suggestions"] == 1, report
+    # The refining click (label picked again) re-segments with both clicks of the region.
+    assert report["clicks_sent"] == [1, 2] and report["statuses"] == [200, 200], report
+    assert report["suggestions"] == 1, report
     assert report["regions"] == ["Object"], report  # the accepted mask took the place of the clicked point
     assert report["submitted"] and screenshot.stat().st_size > 10_000
 
@@ -50,3 +52,47 @@ def test_click_in_the_browser_shows_the_mask_and_submits_it(label_studio, projec
             break
         time.sleep(0.2)
     assert kept.exists(), "the submitted annotation did not reach fit"
+
+
+SHIPPED_CONFIGS = {  # config file -> texts its page must show
+    "label_config.xml": ["Click: pick a label", "Box: pick a label", "Masks"],
+    "label_configs/polygon.xml": ["Click: pick a label", "Box: pick a label", "Polygons"],
+    "label_configs/depth.xml": ["Depth (Depth Anything", "Click: pick the label"],
+    "label_configs/synthesis.xml": ["1. Mark the region", "2. What should appear", "Number of new images", "Engine",
+                                    "Mode"],
+}
+
+
+@pytest.mark.parametrize("name", list(SHIPPED_CONFIGS))
+def test_every_shipped_config_loads_into_label_studio_and_renders(label_studio, name):
+    """Each config is accepted by the real Label Studio, imported as the README says, and its page renders
+    with its titles (screenshots: test-artifacts/config-*.png)."""
+    from tests.e2e.conftest import LABEL_CONFIG, upload_images
+    from tests.helpers import disk_image
+
+    client = label_studio.client
+    config = (ROOT / name).read_text()
+    image, _ = disk_image(320, 240)
+    if name.endswith("depth.xml"):  # as the README says: import with label_config.xml, depth job, switch
+        project = client.projects.create(title=name, label_config=LABEL_CONFIG)
+        upload_images(label_studio, project.id, [("photo.png", image)])
+        [task] = client.tasks.list(project=project.id)
+        client.tasks.update(id=task.id, data={**task.data, "depth": task.data["image"]})  # what the job writes
+        client.projects.update(id=project.id, label_config=config)
+    else:
+        project = client.projects.create(title=name, label_config=config)
+        upload_images(label_studio, project.id, [("photo.png", image)])
+        [task] = client.tasks.list(project=project.id)
+    try:
+        assert client.projects.get(id=project.id).label_config.strip() == config.strip()
+        ARTIFACTS.mkdir(exist_ok=True)
+        screenshot = ARTIFACTS / f"config-{name.replace('/', '-').removesuffix('.xml')}.png"
+        run = subprocess.run(["node", "render_task.mjs", label_studio.url, label_studio.email, label_studio.password,
+                              str(project.id), str(task.id), str(screenshot), *SHIPPED_CONFIGS[name]],
+                             cwd=BROWSER_DIR, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        report = json.loads(run.stdout.strip().splitlines()[-1])
+        assert report["images"] == (2 if name.endswith("depth.xml") else 1), report
+        assert all(report["texts"].values()), report
+    finally:
+        client.projects.delete(id=project.id)
