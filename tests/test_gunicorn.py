@@ -87,3 +87,19 @@ def test_workers_load_the_model_at_start_not_on_the_first_click(served, tiny_che
     assert all(state["loaded"] for state in states), states
     metrics = requests.get(url + "/metrics", timeout=10).json()
     assert metrics["counts"].get("decoder_runs", 0) == 0  # no click was needed
+
+
+def test_prometheus_metrics_add_up_across_workers(served, tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR, any worker's /metrics counts the requests of both."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    url = served({"SAM_ENGINE": "grabcut", "PROMETHEUS_MULTIPROC_DIR": str(folder)})
+    for _ in range(20):
+        assert requests.get(url + "/versions?project=1", timeout=10).status_code == 200
+    for _ in range(4):  # whichever worker answers
+        page = requests.get(url + "/metrics?format=prometheus", timeout=10).text
+        counts = [s.value for f in text_string_to_metric_families(page) for s in f.samples
+                  if s.name == "backend_requests_total" and s.labels.get("route") == "/versions"]
+        assert counts == [20], counts
