@@ -22,6 +22,12 @@ class TooLargeError(BackendError):
     status = 413
 
 
+class AnnotationStoreError(BackendError):
+    """MODEL_DIR cannot be written (read-only, full): a clear 507, never a 500."""
+
+    status = 507
+
+
 @dataclass(frozen=True)
 class StoredAnnotation:
     task: dict
@@ -61,7 +67,11 @@ class AnnotationStore:
         if not path.exists() and self.count(project_id) >= max_count:
             raise TooLargeError(f"project {project_id} already keeps MAX_PROJECT_ANNOTATIONS={max_count} "
                                 "annotations for training; this one is not kept", "annotation")
-        write_atomic(path, blob)
+        try:
+            write_atomic(path, blob)
+        except OSError as exc:
+            raise AnnotationStoreError(f"annotation {annotation_id} cannot be kept for training in MODEL_DIR "
+                                       f"({exc.strerror or type(exc).__name__})", "annotation")
         return path
 
     def count(self, project_id: str) -> int:
@@ -71,7 +81,11 @@ class AnnotationStore:
     def delete(self, project_id: str, annotation_id: int) -> bool:
         path = self.folder(project_id) / f"{int(annotation_id)}.json"
         existed = path.exists()
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise AnnotationStoreError(f"annotation {annotation_id} cannot be removed from MODEL_DIR "
+                                       f"({exc.strerror or type(exc).__name__})", "annotation")
         return existed
 
     def load(self, project_id: str) -> list[StoredAnnotation]:

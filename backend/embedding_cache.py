@@ -3,10 +3,12 @@ disk folder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import struct
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
@@ -126,34 +128,58 @@ class TieredCache:
 
 class RedisStore:
     """Embeddings in Redis, shared by every worker process and machine; entries expire after `ttl` seconds.
-    An unreachable Redis counts as a miss (logged): the click computes the embedding instead of failing."""
 
-    def __init__(self, url: str, ttl: int):
+    Faults degrade to computing, never to an error: an unreachable or stalled Redis answers within
+    `timeout` seconds and is then left alone for `pause` seconds (every get a miss, every put skipped);
+    a value that does not deserialize is deleted and missed. Each kind of fault is logged once per pause.
+    """
+
+    def __init__(self, url: str, ttl: int, timeout: float = 0.5, pause: float = 10.0):
         import redis
 
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.ttl = ttl
+        self.pause = pause
         self.hits = self.misses = self.errors = 0
+        self._down_until = 0.0
+
+    def _fault(self, action: str, exc: Exception) -> None:
+        self.errors += 1
+        if time.monotonic() >= self._down_until:
+            logger.warning("embedding cache unreachable (%s: %s); %s, and Redis is left alone for %g s", action,
+                           exc, "computing the embedding" if action == "get" else "not stored", self.pause)
+        self._down_until = time.monotonic() + self.pause
 
     def get(self, key: str) -> Embedding | None:
+        if time.monotonic() < self._down_until:
+            self.misses += 1
+            return None
         try:
             blob = self.client.get(key)
         except Exception as exc:
-            self.errors += 1
-            logger.warning("embedding cache unreachable (%s); computing the embedding", exc)
+            self._fault("get", exc)
             return None
         if blob is None:
             self.misses += 1
             return None
+        try:
+            embedding = deserialize(blob)
+        except Exception as exc:  # a foreign or damaged value: drop it, compute again
+            self.errors += 1
+            logger.warning("embedding %s in Redis unusable (%s); deleted", key, exc)
+            with contextlib.suppress(Exception):
+                self.client.delete(key)
+            return None
         self.hits += 1
-        return deserialize(blob)
+        return embedding
 
     def put(self, key: str, embedding: Embedding) -> None:
+        if time.monotonic() < self._down_until:
+            return
         try:
             self.client.set(key, serialize(embedding), ex=self.ttl)
         except Exception as exc:
-            self.errors += 1
-            logger.warning("embedding cache unreachable (%s); not stored", exc)
+            self._fault("put", exc)
 
     def stats(self) -> dict:
         return {"kind": "redis", "hits": self.hits, "misses": self.misses, "errors": self.errors}
@@ -193,7 +219,7 @@ def make_cache(settings: Settings) -> EmbeddingCache:
     (EMBEDDING_DISK_MB > 0); else the in-process LRU alone."""
     if settings.redis_url:
         return TieredCache(MemoryCache(settings.embedding_cache_local_mb << 20),
-                           RedisStore(settings.redis_url, settings.embedding_cache_ttl))
+                           RedisStore(settings.redis_url, settings.embedding_cache_ttl, settings.redis_timeout))
     front = MemoryCache(settings.embedding_cache_mb << 20)
     if settings.embedding_disk_mb > 0:
         return TieredCache(front, DiskStore(settings.embedding_disk_path, settings.embedding_disk_mb << 20))

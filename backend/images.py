@@ -78,8 +78,7 @@ class TaskImage:
                 if needed_mb > max_memory_mb:
                     raise ImageError(f"decoding this {img.width}x{img.height} image needs about {needed_mb:.0f} MB, "
                                      f"more than MAX_IMAGE_MEMORY_MB={max_memory_mb}", self.source)
-                img = ImageOps.exif_transpose(img)
-                array = np.asarray(img.convert("RGB"))
+                array = browser_rgb(img)
         except Image.DecompressionBombError as exc:
             raise ImageError(f"image is larger than MAX_IMAGE_PIXELS={max_pixels}: {exc}", self.source)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -87,6 +86,24 @@ class TaskImage:
         if array.size == 0:
             raise ImageError("image is empty (0 pixels)", self.source)
         return array
+
+
+def browser_rgb(img: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 RGB as a browser shows the image: EXIF orientation applied, 16-bit samples scaled (not
+    clipped) to 8 bits, transparency composited over white (Label Studio's page), CMYK, palette and
+    grayscale converted."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grayscale (PIL opens PNGs as I;16 or I)
+        values = np.asarray(img, dtype=np.float64)
+        return np.repeat(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    if img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        return np.repeat(np.clip(np.round(values), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
 
 
 def _decode_data_uri(url: str) -> bytes:

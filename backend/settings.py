@@ -39,6 +39,7 @@ class Settings:
     preload_model: bool = True  # served processes load (or download) the SAM model at start, in the background
     model_dir: str = "data/models"  # checkpoints and fine-tuned versions
     redis_url: str = ""  # shared embedding cache and job queue; empty: in-process
+    redis_timeout: float = 0.5  # seconds for one Redis call of the embedding cache; a stalled Redis is then skipped
     embedding_cache_mb: int = 1024  # in-process LRU bound, in MiB (without Redis)
     embedding_cache_local_mb: int = 128  # with Redis: each worker's own front LRU, in MiB
     embedding_cache_ttl: int = 7 * 24 * 3600  # seconds an embedding lives in Redis

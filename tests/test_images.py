@@ -101,3 +101,41 @@ def test_decompression_bomb_is_refused(settings):
     image = np.zeros((100, 100, 3), np.uint8)
     with pytest.raises(ImageError, match="MAX_IMAGE_PIXELS"):
         read_task_image(data_uri(encode_image(image)), settings).decode(max_pixels=1000)
+
+
+def _png(img) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_every_image_mode_is_read_as_the_browser_shows_it(settings):
+    """16-bit grayscale scaled (not clipped), transparency over white, palette, CMYK, grayscale, EXIF."""
+    import io
+
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 256).astype(np.uint16)[None].repeat(4, 0)
+    gray16 = read_task_image(data_uri(_png(Image.fromarray(ramp))), settings).decode()
+    assert gray16.shape == (4, 256, 3) and abs(int(gray16[0, 128, 0]) - 128) <= 1 and gray16[0, 255, 0] == 255
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[:4, :, 3], rgba[4:, :, 3] = 200, 255, 0  # top opaque red-ish, bottom transparent
+    shown = read_task_image(data_uri(_png(Image.fromarray(rgba, "RGBA"))), settings).decode()
+    assert tuple(shown[0, 0]) == (200, 0, 0) and tuple(shown[7, 7]) == (255, 255, 255)
+
+    palette = Image.fromarray(rgba[..., :3]).convert("P")
+    palette.info["transparency"] = int(np.asarray(palette)[7, 7])
+    shown = read_task_image(data_uri(_png(palette)), settings).decode()
+    assert tuple(shown[7, 7]) == (255, 255, 255)
+
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red in CMYK
+    buffer = io.BytesIO()
+    cmyk.save(buffer, format="JPEG", quality=95)
+    red = read_task_image(data_uri(buffer.getvalue(), "image/jpeg"), settings).decode()[4, 4]
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+
+    gray = read_task_image(data_uri(_png(Image.fromarray(np.full((5, 5), 77, np.uint8)))), settings).decode()
+    assert gray.shape == (5, 5, 3) and (gray == 77).all()
