@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from backend.annotations import AnnotationStore
 from backend.errors import InputError
@@ -11,7 +10,7 @@ from backend.interactive import get_segmentation
 from backend.jobs import get_queue
 from backend.label_config import parse_label_config
 from backend.ml_base import LabelStudioMLBase
-from backend.model_versions import ModelVersions
+from backend.model_versions import ModelVersions, model_version, project_model_version
 from backend.prelabel import predict_tasks
 from backend.settings import get_settings
 from backend.synthesis import is_generation_annotation
@@ -19,38 +18,21 @@ from backend.synthesis import is_generation_annotation
 logger = logging.getLogger(__name__)
 
 
-def model_version_for(project_id: str) -> str:
-    """The base version, plus the project's active fine-tuned decoder version (e.g. 'vit_t-mobile_sam-v3')."""
-    base = base_model_version()
-    if not str(project_id).isdigit() or get_settings().sam_engine == "grabcut":
-        return base
-    active = ModelVersions(get_settings().model_dir, project_id).active()
-    return f"{base}-{active.name}" if active else base
-
-
-def base_model_version() -> str:
-    """Engine and checkpoint name, e.g. 'vit_t-mobile_sam' (cheap: /setup must answer quickly)."""
-    settings = get_settings()
-    if settings.sam_engine == "grabcut":
-        return "grabcut"
-    return f"{settings.sam_engine}-{Path(settings.checkpoint_path).stem}"
-
-
 class SamBackend(LabelStudioMLBase):
     """Interactive segmentation: KeyPointLabels / RectangleLabels prompts in, BrushLabels or PolygonLabels out."""
 
     def setup(self) -> None:
-        self.set("model_version", model_version_for(self.project_id))
+        self.set("model_version", project_model_version(get_settings(), self.project_id))
 
     def predict(self, tasks: list[dict], context: dict | None = None, **kwargs) -> list[dict]:
         config = parse_label_config(self.label_config)
         if not context or not context.get("result"):  # batch pre-annotation: detect the config's categories
             if get_settings().prelabel_mode == "off":
                 return []
-            return predict_tasks(tasks, config, base_model_version(), self.project_id)
+            return predict_tasks(tasks, config, self.project_id)
         if len(tasks) != 1:
             raise InputError(f"an interactive request carries exactly one task, got {len(tasks)}", "tasks")
-        return [get_segmentation().predict(tasks[0], context, config, base_model_version(), self.project_id)]
+        return [get_segmentation().predict(tasks[0], context, config, self.project_id)]
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:
         """Keep the team's annotations; every TRAIN_EVERY of them (or START_TRAINING) queue a fine-tuning job."""
@@ -76,12 +58,10 @@ class SamBackend(LabelStudioMLBase):
                               settings.max_annotation_kb << 10, settings.max_project_annotations)
             logger.info("project %s: %s annotation %s kept in %s", self.project_id, event, annotation.get("id"), path)
             response["stored"] = True
-            self.set("new_annotations", self.get("new_annotations", 0) + 1)
-            due = settings.train_every > 0 and self.get("new_annotations") >= settings.train_every
+            due = settings.train_every > 0 and store.claim_training(self.project_id, settings.train_every)
         else:  # START_TRAINING (the "Start training" button)
-            due = True
+            due = store.claim_training(self.project_id, 0)
         if due and settings.sam_engine != "grabcut":
-            self.set("new_annotations", 0)
             response["job"] = get_queue().enqueue("backend.training.train_project", self.project_id)
         return response
 
@@ -99,10 +79,11 @@ class SamBackend(LabelStudioMLBase):
 
     def versions(self) -> list[str]:
         """The base model and the project's fine-tuned versions, oldest first."""
-        base = base_model_version()
+        settings = get_settings()
         if not self.project_id.isdigit():
-            return [base]
-        return [base] + [f"{base}-{v.name}" for v in ModelVersions(get_settings().model_dir, self.project_id).list()]
+            return [model_version(settings)]
+        tuned = ModelVersions(settings.model_dir, self.project_id).list()
+        return [model_version(settings)] + [model_version(settings, v.name) for v in tuned]
 
     def _image_key(self) -> str:
         try:

@@ -7,8 +7,12 @@ labels without calling back into Label Studio. A deleted annotation removes its 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +77,27 @@ class AnnotationStore:
             raise AnnotationStoreError(f"annotation {annotation_id} cannot be kept for training in MODEL_DIR "
                                        f"({exc.strerror or type(exc).__name__})", "annotation")
         return path
+
+    def claim_training(self, project_id: str, every: int) -> bool:
+        """Whether a fine-tuning is due: at least `every` annotations saved (created or updated) since the last
+        claim (every <= 0: a claim is forced, as START_TRAINING does). The count lives in the files, so every
+        worker process sees it and restarts keep it; one caller wins a due claim (a file lock)."""
+        folder = self.folder(project_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder.parent / "last_training_claim"
+        with open(folder.parent / "claim.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            since = marker.stat().st_mtime_ns if marker.exists() else 0
+            if every > 0:
+                changed = 0
+                for path in folder.glob("*.json"):
+                    with contextlib.suppress(FileNotFoundError):
+                        changed += path.stat().st_mtime_ns > since
+                if changed < every:
+                    return False
+            marker.touch()
+            os.utime(marker, ns=(time.time_ns(), max(time.time_ns(), since + 1)))
+            return True
 
     def count(self, project_id: str) -> int:
         folder = self.folder(project_id)

@@ -137,12 +137,13 @@ def run_depth_task(project_id: int, task_id: int, image_key: str = "image", forc
     try:
         fields = depth_for_task(task, settings, image_key, force, storage)
     except BackendError as exc:
-        note_task_error(client, project_id, task_id, f"depth failed: {exc}")
+        note_task_error(client, project_id, task_id, "depth", str(exc))
         raise
     if fields is None:
         return {"task": task_id, "status": "skipped", "reason": "already has depth"}
     current = read_task(client, project_id, task_id)["data"]  # merge into the freshest data
-    current.pop(ERROR_FIELD, None)
+    if str(current.get(ERROR_FIELD, "")).startswith("depth"):
+        current.pop(ERROR_FIELD)
     call(f"task {task_id}", client.tasks.update, id=task_id, data={**current, **fields})
     return {"task": task_id, "status": "done", "depth": fields["depth"]}
 

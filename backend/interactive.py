@@ -18,7 +18,7 @@ from .images import TaskImage, read_task_image
 from .label_config import LabelConfig
 from .mask_encoding import mask_results
 from .model_cache import ModelCache
-from .model_versions import ModelVersions
+from .model_versions import ModelVersions, model_version
 from .prompts import ContextPrompt, Prompt, parse_context
 from .segmenter import Embedding, MaskResult, Segmenter
 from .settings import Settings
@@ -117,8 +117,7 @@ class InteractiveSegmentation:
         self.counters.add("decoder_runs", time.perf_counter() - started)
         return result
 
-    def predict(self, task: dict, context: object, config: LabelConfig, model_version: str,
-                project_id: str = "") -> dict:
+    def predict(self, task: dict, context: object, config: LabelConfig, project_id: str = "") -> dict:
         """The prediction for one interactive request on one task (the project's fine-tuned decoder if any)."""
         prompt = parse_context(context, self.settings.max_prompt_points)
         control, label = config.output_for(prompt.label)
@@ -129,13 +128,11 @@ class InteractiveSegmentation:
         if not np.any(result.mask):
             logger.info("task %s: the prompt gave an empty mask", task_id)
         items = mask_results(result.mask, result.score, control, label, self.settings.polygon_epsilon)
-        return {"result": items, "score": result.score, "model_version": versioned(model_version, segmenter)}
+        return {"result": items, "score": result.score, "model_version": self.version_of(segmenter)}
 
-
-def versioned(model_version: str, segmenter: Segmenter) -> str:
-    """The model version of a prediction: the base version plus a fine-tuned decoder's version, if any."""
-    version = getattr(segmenter, "version", None)
-    return f"{model_version}-{version}" if version else model_version
+    def version_of(self, segmenter: Segmenter) -> str:
+        """The model version of a prediction made with `segmenter` (base, or base plus its tuned decoder)."""
+        return model_version(self.settings, getattr(segmenter, "version", None))
 
 
 def precompute_embeddings(urls: list[str]) -> dict:

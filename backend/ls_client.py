@@ -66,18 +66,19 @@ def read_task(client, project_id: int, task_id: int) -> dict:
 ERROR_FIELD = "backend_error"  # a task data field: the Data Manager shows it as a column
 
 
-def note_task_error(client, project_id: int, task_id: int, message: str | None) -> None:
-    """Show why the backend failed on a task in its `backend_error` data field (None: clear it), merged into
-    the task's current data. Never raises: the reason is in the log and the job result as well."""
+def note_task_error(client, project_id: int, task_id: int, feature: str, error: str | None) -> None:
+    """Show why `feature` ("pre-labeling", "depth", "synthesis") failed on a task in its `backend_error` data
+    field, merged into the task's current data; `error` None clears a note of that feature (and only of
+    it). Never raises: the reason is in the log and the job result as well."""
     try:
         task = read_task(client, project_id, task_id)
         data = dict(task["data"])
-        if message is None and ERROR_FIELD not in data:
-            return
-        if message is None:
+        if error is None:
+            if not str(data.get(ERROR_FIELD, "")).startswith(feature):
+                return
             data.pop(ERROR_FIELD)
         else:
-            data[ERROR_FIELD] = message
+            data[ERROR_FIELD] = f"{feature} failed: {error}"
         call(f"task {task_id}", client.tasks.update, id=task_id, data=data)
     except BackendError as exc:
-        logger.warning("could not note on task %s why it failed: %s", task_id, exc)
+        logger.warning("could not note on task %s why %s failed: %s", task_id, feature, exc)

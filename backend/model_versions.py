@@ -20,6 +20,7 @@ import torch
 
 from .errors import InputError
 from .files import write_atomic
+from .settings import Settings
 
 _NAME = re.compile(r"^v(\d+)$")
 
@@ -90,3 +91,19 @@ class ModelVersions:
 
     def load_weights(self, version: ModelVersion) -> dict:
         return torch.load(version.weights, map_location="cpu", weights_only=True)
+
+
+def model_version(settings: Settings, tuned: str | None = None) -> str:
+    """The one name of a model version: engine and checkpoint ('vit_t-mobile_sam', 'grabcut'), plus a
+    fine-tuned decoder's version ('vit_t-mobile_sam-v3'). Predictions, /setup, /versions and the resume of
+    `python -m backend prelabel` all name versions with it."""
+    base = "grabcut" if settings.sam_engine == "grabcut" else f"{settings.sam_engine}-{settings.checkpoint_path.stem}"
+    return f"{base}-{tuned}" if tuned else base
+
+
+def project_model_version(settings: Settings, project_id: str | int) -> str:
+    """The version a project's predictions carry now: the base, or the project's active fine-tuned decoder."""
+    if not str(project_id).isdigit() or settings.sam_engine == "grabcut":
+        return model_version(settings)
+    active = ModelVersions(settings.model_dir, str(project_id)).active()
+    return model_version(settings, active.name if active else None)

@@ -21,10 +21,11 @@ import numpy as np
 from .detector import Detection, get_detector, non_max_suppression
 from .errors import BackendError, InputError
 from .images import read_task_image
-from .interactive import InteractiveSegmentation, get_segmentation, task_image_url, versioned
+from .interactive import InteractiveSegmentation, get_segmentation, task_image_url
 from .label_config import LabelConfig, parse_label_config
 from .ls_client import ERROR_FIELD, call, make_client, note_task_error, read_task, read_tasks
 from .mask_encoding import mask_results
+from .model_versions import project_model_version
 from .prompts import Prompt
 from .settings import Settings, get_settings
 
@@ -64,7 +65,7 @@ def _closest_label(text: str, config: LabelConfig) -> str:
     return config.outputs[0].labels[0]
 
 
-def prelabel_task(task: dict, config: LabelConfig, settings: Settings, model_version: str,
+def prelabel_task(task: dict, config: LabelConfig, settings: Settings,
                   service: InteractiveSegmentation | None = None, project_id: str = "") -> dict:
     """One task's prediction: a mask (brush or polygons) per detected object, labeled and scored."""
     service = service or get_segmentation()
@@ -97,7 +98,7 @@ def prelabel_task(task: dict, config: LabelConfig, settings: Settings, model_ver
             scores.append(score)
         _log_detections(task_id, found, pairs)
     return {"result": items, "score": float(np.mean(scores)) if scores else 0.0,
-            "model_version": versioned(model_version, segmenter)}
+            "model_version": service.version_of(segmenter)}
 
 
 def _log_detections(task_id, found: list[Detection], pairs: list[tuple[str, str]]) -> None:
@@ -120,26 +121,27 @@ def everything_masks(service: InteractiveSegmentation, image, settings: Settings
     return [(m["segmentation"].astype(bool), float(m["predicted_iou"])) for m in found]
 
 
-def predict_tasks(tasks: list[dict], config: LabelConfig, model_version: str, project_id: str = "") -> list:
+def predict_tasks(tasks: list[dict], config: LabelConfig, project_id: str = "") -> list:
     """Predictions for a batch request, one entry per task in order. A task that fails, or where nothing is
     found, gets no prediction (an empty list), so Label Studio asks again later instead of storing an empty
-    one; the reason goes to the task's `backend_error` data field (cleared on success) and the log."""
+    one; a failure's reason goes to the task's `backend_error` data field (cleared by the next success)
+    and the log."""
     settings = get_settings()
     client = optional_client(settings)
     predictions: list = []
     for task in tasks:
         task_id = task.get("id") if isinstance(task, dict) else None
+        error = None
         try:
-            prediction = prelabel_task(task, config, settings, model_version, project_id=project_id)
-            error = None if prediction["result"] else "pre-labeling found nothing"
+            prediction = prelabel_task(task, config, settings, project_id=project_id)
         except BackendError as exc:
             logger.warning("pre-labeling task %s failed: %s", task_id, exc)
-            prediction, error = None, f"pre-labeling failed: {exc}"
-        predictions.append(prediction if error is None else [])
+            prediction, error = {"result": []}, str(exc)
+        predictions.append(prediction if prediction["result"] else [])
         data = task.get("data") if isinstance(task, dict) else None
         if client and str(project_id).isdigit() and isinstance(task_id, int) and (
                 error or ERROR_FIELD in (data or {})):
-            note_task_error(client, int(project_id), task_id, error)
+            note_task_error(client, int(project_id), task_id, "pre-labeling", error)
     return predictions
 
 
@@ -149,25 +151,24 @@ def optional_client(settings: Settings):
 
 
 # ---------------------------------------------------------------- project-wide runs through the API
-def run_prelabel_task(project_id: int, task_id: int, model_version: str, label_config: str) -> dict:
-    """Job: pre-label one task and store the prediction in Label Studio (none when nothing is found); the
-    outcome is also shown in the task's `backend_error` field."""
+def run_prelabel_task(project_id: int, task_id: int, label_config: str) -> dict:
+    """Job: pre-label one task and store the prediction in Label Studio (none when nothing is found); a
+    failure is also shown in the task's `backend_error` field."""
     settings = get_settings()
     client = make_client(settings)
     config = parse_label_config(label_config)
     task = read_task(client, project_id, task_id)
     try:
-        prediction = prelabel_task(task, config, settings, model_version, project_id=str(project_id))
+        prediction = prelabel_task(task, config, settings, project_id=str(project_id))
     except BackendError as exc:
-        note_task_error(client, project_id, task_id, f"pre-labeling failed: {exc}")
+        note_task_error(client, project_id, task_id, "pre-labeling", str(exc))
         raise
+    if ERROR_FIELD in task["data"]:
+        note_task_error(client, project_id, task_id, "pre-labeling", None)
     if not prediction["result"]:
-        note_task_error(client, project_id, task_id, "pre-labeling found nothing")
         return {"task": task_id, "status": "empty", "regions": 0}
     call(f"task {task_id}", client.predictions.create, task=task_id, result=prediction["result"],
          score=prediction["score"], model_version=prediction["model_version"])
-    if ERROR_FIELD in task["data"]:
-        note_task_error(client, project_id, task_id, None)
     return {"task": task_id, "status": "done", "regions": len(prediction["result"])}
 
 
@@ -191,7 +192,7 @@ def run_project(project_id: int, model_version: str, limit: int | None = None, p
     report: dict = {"project": project_id, "model_version": model_version, "done": 0, "empty": 0,
                     "skipped": len(done), "failed": 0, "errors": {}}
     queue = get_queue()
-    jobs = {queue.enqueue("backend.prelabel.run_prelabel_task", project_id, task_id, model_version, label_config):
+    jobs = {queue.enqueue("backend.prelabel.run_prelabel_task", project_id, task_id, label_config):
             task_id for task_id in todo}
     started = time.perf_counter()
     pending = dict(jobs)
@@ -219,15 +220,13 @@ def run_project(project_id: int, model_version: str, limit: int | None = None, p
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from model import base_model_version
-
     parser = argparse.ArgumentParser(prog="python -m backend prelabel", description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=int, required=True)
     parser.add_argument("--limit", type=int, help="at most N tasks this run")
     parser.add_argument("--model-version", help="default: the backend's current model version")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    version = args.model_version or base_model_version()
+    version = args.model_version or project_model_version(get_settings(), args.project)
     bar = tqdm(unit="task", desc=f"pre-labeling project {args.project}")
 
     def progress(finished: int, total: int) -> None:

@@ -161,9 +161,9 @@ def run_generation(project_id: int, task_id: int, annotation_id: int) -> dict:
         logger.info("annotation %s: %d synthetic tasks imported into project %s", annotation_id, len(new_tasks),
                     target)
         if ERROR_FIELD in task["data"]:
-            note_task_error(client, project_id, task_id, None)
+            note_task_error(client, project_id, task_id, "synthesis", None)
         return {"annotation": annotation_id, "status": "done", "tasks": len(new_tasks), "project": target}
     except BackendError as exc:
         logger.warning("generation for annotation %s failed: %s", annotation_id, exc)
-        note_task_error(client, project_id, task_id, f"synthesis (annotation {annotation_id}) failed: {exc}")
+        note_task_error(client, project_id, task_id, "synthesis", f"annotation {annotation_id}: {exc}")
         raise

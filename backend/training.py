@@ -3,7 +3,8 @@
 The image encoder and prompt encoder stay frozen (so cached embeddings stay valid and a version is a
 few MB); the mask decoder learns from prompts simulated on the team's masks with the evaluation's
 click protocol. A validation split scores every epoch; the best epoch is kept, training stops early
-when it stops improving, and the new version becomes active only if it beats the current one.
+when it stops improving, and the new version becomes active only if it beats the current one on a
+held-out split that neither trained it nor picked its epoch.
 
     python -m backend.training --project 3            # train now (as the job does)
     python -m backend.training --project 3 --list     # versions and scores
@@ -47,8 +48,10 @@ class TrainingConfig:
     patience: int = 3  # epochs without validation gain before stopping
     learning_rate: float = 5e-5
     prompts_per_step: int = 4  # simulated prompts per image per step
-    val_fraction: float = 0.2
-    min_examples: int = 4
+    val_fraction: float = 0.2  # picks the best epoch and stops early
+    holdout_fraction: float = 0.2  # judges activation only: never seen by training or epoch selection
+    min_holdout: int = 2  # regions
+    min_examples: int = 5
     seed: int = 0
 
 
@@ -85,13 +88,22 @@ def collect_examples(items: list[StoredAnnotation], service, settings: Settings)
     return examples, skipped
 
 
-def split(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
-    """A stable split by annotation id (regions of one annotation stay together)."""
-    val = [e for e in examples if zlib.crc32(e.name.split("/")[0].encode()) % 1000 < fraction * 1000]
-    if not val and len(examples) > 1:
-        val = examples[-1:]
-    train = [e for e in examples if e not in val]
-    return train, val
+def split(examples: list[Example], config: TrainingConfig) -> tuple[list[Example], list[Example], list[Example]]:
+    """(train, validation, held-out): a stable split by annotation id (regions of one annotation stay
+    together). Held-out gets at least `min_holdout` regions and validation at least one."""
+    groups: dict[str, list[Example]] = {}
+    for example in examples:
+        groups.setdefault(example.name.split("/")[0], []).append(example)
+    order = sorted(groups, key=lambda name: (zlib.crc32(name.encode()), name))
+    want_holdout = max(config.min_holdout, round(config.holdout_fraction * len(examples)))
+    want_val = max(1, round(config.val_fraction * len(examples)))
+    holdout: list[Example] = []
+    val: list[Example] = []
+    train: list[Example] = []
+    for name in order:
+        target = holdout if len(holdout) < want_holdout else val if len(val) < want_val else train
+        target.extend(groups[name])
+    return train, val, holdout
 
 
 # ---------------------------------------------------------------- prompts and targets
@@ -238,10 +250,19 @@ def train_project(project_id: str, config: TrainingConfig | None = None, setting
             if len(examples) < config.min_examples:
                 return {"project": project_id, "status": "skipped", "skipped": skipped,
                         "reason": f"{len(examples)} usable regions, {config.min_examples} needed"}
-            train, val = split(examples, config.val_fraction)
-            logger.info("project %s: training on %d regions, validating on %d", project_id, len(train), len(val))
+            train, val, holdout = split(examples, config)
+            if not train:
+                return {"project": project_id, "status": "skipped", "skipped": skipped,
+                        "reason": f"{len(examples)} usable regions leave none to train on after validation "
+                                  f"({len(val)}) and held-out ({len(holdout)})"}
+            logger.info("project %s: training on %d regions, validating on %d, %d held out", project_id,
+                        len(train), len(val), len(holdout))
             state, report = train_decoder(current, train, val, config)
-            improved = report["val_iou_after"] > report["val_iou_before"]
+            # Activation is judged on regions that neither trained the decoder nor picked its epoch.
+            report["holdout_iou_before"] = round(validation_iou(current, holdout), 4)
+            report["holdout_iou_after"] = round(validation_iou(current.with_decoder(state, "candidate"), holdout), 4)
+            report["holdout_examples"] = len(holdout)
+            improved = report["holdout_iou_after"] > report["holdout_iou_before"]
             base = getattr(current, "version", None) or "base"
             meta = {"base": base, "engine_fingerprint": segmenter.fingerprint, "annotations": len(items),
                     "skipped": skipped, "config": asdict(config), "created": time.time(), **report}

@@ -72,10 +72,10 @@ def test_repeated_clicks_run_the_encoder_once(tmp_path, tiny_checkpoints, image_
     service = InteractiveSegmentation(tiny_settings(tmp_path, tiny_checkpoints))
     calls = count_encoder_calls(service)
     for x in (40, 42, 45):
-        service.predict(task(image_url), {"result": [keypoint(x, 50)]}, CONFIG, "v")
+        service.predict(task(image_url), {"result": [keypoint(x, 50)]}, CONFIG)
     assert len(calls) == 1
     other, _ = disk_image(seed=5)
-    service.predict(task(data_uri(encode_image(other))), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    service.predict(task(data_uri(encode_image(other))), {"result": [keypoint(40, 50)]}, CONFIG)
     assert len(calls) == 2
 
 
@@ -83,7 +83,7 @@ def test_concurrent_first_clicks_share_one_encoder_run(tmp_path, tiny_checkpoint
     service = InteractiveSegmentation(tiny_settings(tmp_path, tiny_checkpoints))
     calls = count_encoder_calls(service)
     threads = [threading.Thread(target=service.predict, args=(task(image_url), {"result": [keypoint(40, 50)]},
-                                                                CONFIG, "v")) for _ in range(4)]
+                                                                CONFIG)) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -95,8 +95,8 @@ def test_redis_cache_is_shared_between_workers(tmp_path, tiny_checkpoints, image
     settings = tiny_settings(tmp_path, tiny_checkpoints, redis_url=redis_url)
     first, second = InteractiveSegmentation(settings), InteractiveSegmentation(settings)  # two worker processes
     first_calls, second_calls = count_encoder_calls(first), count_encoder_calls(second)
-    a = first.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
-    b = second.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    a = first.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
+    b = second.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     assert len(first_calls) == 1 and len(second_calls) == 0
     assert a["result"][0]["value"]["rle"] == b["result"][0]["value"]["rle"]
     assert second.cache.stats()["hits"] == 1
@@ -116,7 +116,7 @@ def test_redis_cache_round_trip_and_expiry(redis_url):
 def test_unreachable_redis_still_serves(tmp_path, tiny_checkpoints, image_url, caplog):
     settings = tiny_settings(tmp_path, tiny_checkpoints, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     service = InteractiveSegmentation(settings)
-    prediction = service.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    prediction = service.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     assert prediction["result"][0]["value"]["rle"]
     assert service.cache.stats()["errors"] >= 1
     assert "embedding cache unreachable" in caplog.text
@@ -149,16 +149,16 @@ def test_without_redis_workers_share_embeddings_on_disk_and_keep_them_across_res
     settings = tiny_settings(tmp_path, tiny_checkpoints)
     first = InteractiveSegmentation(settings)
     first_calls = count_encoder_calls(first)
-    a = first.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    a = first.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     assert len(list((tmp_path / "embeddings").glob("*.emb"))) == 1
     restarted = InteractiveSegmentation(settings)  # another worker, or the same one after a restart
     restarted_calls = count_encoder_calls(restarted)
-    b = restarted.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    b = restarted.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     assert len(first_calls) == 1 and len(restarted_calls) == 0
     assert a["result"][0]["value"]["rle"] == b["result"][0]["value"]["rle"]
     assert restarted.cache.stats()["kind"] == "disk" and restarted.cache.stats()["hits"] == 1
     off = InteractiveSegmentation(tiny_settings(tmp_path / "off", tiny_checkpoints, embedding_disk_mb=0))
-    off.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG, "v")
+    off.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     assert off.cache.stats()["kind"] == "memory" and not (tmp_path / "off" / "embeddings").exists()
 
 

@@ -91,7 +91,7 @@ def test_each_detected_box_becomes_a_labeled_mask_of_its_object(configure, monke
     original_decode = TaskImage._decode
     monkeypatch.setattr(TaskImage, "_decode", lambda self, *a: decodes.append(1) or original_decode(self, *a))
     task = {"id": 3, "data": {"image": data_uri(encode_image(image))}}
-    prediction = prelabel_task(task, CONFIG, get_settings(), "grabcut")
+    prediction = prelabel_task(task, CONFIG, get_settings())
     assert stand_in.prompts == ["Disk", "Background"]  # all categories asked at once
     assert len(decodes) == 1  # the detector and the encoder (cold cache) share one decoded image
     assert [r["value"]["brushlabels"] for r in prediction["result"]] == [["Disk"], ["Background"]]
@@ -124,11 +124,11 @@ def test_everything_mode_segments_without_categories(configure, tiny_checkpoints
               EVERYTHING_POINTS_PER_SIDE="4", MAX_DETECTIONS="5")
     image, _ = two_disks()
     task = {"id": 4, "data": {"image": data_uri(encode_image(image))}}
-    prediction = prelabel_task(task, CONFIG, get_settings(), "v")
+    prediction = prelabel_task(task, CONFIG, get_settings())
     assert len(prediction["result"]) <= 5
     for region in prediction["result"]:
         assert region["value"]["brushlabels"] == ["Disk"]  # the first label of the mask control
         assert rle_to_mask(region["value"]["rle"], 160, 240).any()
     configure(SAM_ENGINE="grabcut", PRELABEL_MODE="everything")
     with pytest.raises(Exception, match="needs a SAM engine"):
-        prelabel_task(task, CONFIG, get_settings(), "v")
+        prelabel_task(task, CONFIG, get_settings())

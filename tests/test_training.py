@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from label_studio_sdk.converter.brush import mask2rle
 
 from backend.annotations import AnnotationStore
@@ -113,4 +114,60 @@ def test_webhook_annotations_start_a_background_training_that_predict_then_uses(
     expected = f"{base}-v1" if result["active"] else base
     assert client.post("/setup", json=setup).json["model_version"] == expected
     assert get_queue().status(jobs[0])["status"] == "finished"
+    reset_queue()
+
+
+def test_a_version_that_is_not_better_on_held_out_regions_stays_inactive(tiny_sam_service, monkeypatch):
+    """Activation is judged on held-out regions, not on the validation split that picked the epoch: a
+    decoder that flatters validation but is worse on held-out data is kept, inactive."""
+    import backend.training as training
+
+    service, model_dir = tiny_sam_service
+    store = AnnotationStore(model_dir)
+    for index, (image, mask) in enumerate(disks(8, seed=5), start=1):
+        store.save(PROJECT, {"id": index, "data": {"image": data_uri(encode_image(image))}},
+                   {"id": index, "result": [brush(mask)]})
+
+    def flattering(segmenter, train, val, config):  # "improves validation", returns a broken decoder
+        state = {k: torch.zeros_like(v) for k, v in segmenter.model.mask_decoder.state_dict().items()}
+        return state, {"val_iou_before": 0.1, "val_iou_after": 0.9, "epochs": [], "train_examples": len(train),
+                       "val_examples": len(val), "seconds": 0.0}
+
+    monkeypatch.setattr(training, "train_decoder", flattering)
+    report = train_project(PROJECT, TrainingConfig(epochs=1))
+    assert report["status"] == "trained" and report["active"] is False, report
+    assert report["holdout_iou_after"] <= report["holdout_iou_before"] and report["holdout_examples"] >= 2
+    assert ModelVersions(model_dir, PROJECT).active() is None
+
+
+def test_split_keeps_training_validation_and_held_out_apart():
+    from backend.training import Example, split
+
+    examples = [Example(f"{a}/{r}", None, None) for a in range(1, 11) for r in range(2)]
+    train, val, holdout = split(examples, TrainingConfig())
+    names = [{e.name.split("/")[0] for e in part} for part in (train, val, holdout)]
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    assert len(holdout) >= 2 and len(val) >= 1 and len(train) + len(val) + len(holdout) == 20
+
+
+def test_train_every_counts_across_workers_and_restarts(configure, tiny_checkpoints):
+    """The trigger is derived from the kept annotations: a fresh process (another worker, a restart) after
+    every request still starts exactly one training at the TRAIN_EVERY-th annotation."""
+    configure(**sam_env("vit_b", tiny_checkpoints["vit_b"]), TRAIN_EVERY="4", TRAIN_EPOCHS="1")
+    from backend import ml_base
+    from backend.jobs import get_queue, reset_queue
+
+    reset_queue()
+    import _wsgi
+
+    client = _wsgi.app.test_client()
+    jobs = []
+    for index, (image, mask) in enumerate(disks(9, seed=4), start=1):
+        ml_base._STORE.clear()  # what a request on another worker, or after a restart, starts with
+        response = client.post("/webhook", json=annotation_event(index, image, mask))
+        assert response.status_code == 201
+        jobs.append(index) if "job" in response.json else None
+    assert jobs == [4, 8]
+    for job in [j for j in get_queue()._jobs]:
+        get_queue().wait(job, timeout=300)
     reset_queue()
