@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,12 @@ from segment_anything.build_sam import _build_sam  # noqa: E402
 from segment_anything.modeling import Sam  # noqa: E402
 
 logger = logging.getLogger(__name__)
+_HASH_IN_NAME = re.compile(r"_([0-9a-f]{6,})\.pth?$")  # sam_vit_b_01ec64.pth: the start of its MD5
+OFFICIAL_MD5 = {  # the full MD5 of the official SAM files (their names carry its first 6 hex digits)
+    "sam_vit_b_01ec64.pth": "01ec64d29a2fca3f0661936605ae66f8",
+    "sam_vit_l_0b3195.pth": "0b3195507c641ddb6910d2bb5adee89c",
+    "sam_vit_h_4b8939.pth": "4b8939a88964f0f4ff5f5b2642c598a6",
+}
 
 
 @dataclass(frozen=True)
@@ -112,17 +119,34 @@ def missing_checkpoint_message(settings: Settings) -> str:
 
 
 def download_checkpoint(url: str, target: Path, timeout: float = 60.0) -> None:
-    """Download `url` to `target` atomically (a partial file never takes the target's name)."""
+    """Download `url` to `target` atomically (a partial file never takes the target's name and never stays
+    behind). Official SAM file names end in the first hex digits of the file's MD5 (sam_vit_b_01ec64.pth):
+    a download whose MD5 does not match (the full one, for the official files) is refused."""
+    import hashlib
+
     import requests
 
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("downloading SAM checkpoint %s -> %s", url, target)
-    with requests.get(url, stream=True, timeout=timeout) as response:
-        response.raise_for_status()
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as part:
-            for chunk in response.iter_content(chunk_size=1 << 20):
-                part.write(chunk)
-    os.replace(part.name, target)
+    named = _HASH_IN_NAME.search(target.name)
+    expected = OFFICIAL_MD5.get(target.name) or (named.group(1) if named else "")
+    digest = hashlib.md5(usedforsecurity=False)
+    part = None
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            response.raise_for_status()
+            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as part:
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    part.write(chunk)
+                    digest.update(chunk)
+        if expected and not digest.hexdigest().startswith(expected):
+            raise ValueError(f"MD5 {digest.hexdigest()} is not the expected {expected}: a damaged or different "
+                             "file; nothing was kept")
+        os.replace(part.name, target)
+    except BaseException:
+        if part is not None:
+            Path(part.name).unlink(missing_ok=True)
+        raise
 
 
 def load_state_dict(path: Path) -> dict:

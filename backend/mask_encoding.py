@@ -24,9 +24,15 @@ def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
 
 
 def mask_to_polygons(mask: np.ndarray, epsilon: float) -> list[list[list[float]]]:
-    """Outer contours of the mask, simplified by `epsilon` pixels, as [[x %, y %], ...], largest first."""
+    """Outer outlines of the mask's parts, simplified by `epsilon` pixels, as [[x %, y %], ...], largest first.
+
+    The outline runs along the pixels' outer edges (corner coordinates), not through the edge pixels'
+    centres, so a polygon covers the mask's full width (half a pixel more on each side). Label Studio's
+    polygons have no holes: a hole inside a part is filled (brush output keeps holes)."""
     height, width = mask.shape
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    padded = np.pad(mask.astype(bool), 1)
+    corners = padded[:-1, :-1] | padded[1:, :-1] | padded[:-1, 1:] | padded[1:, 1:]  # (H+1, W+1) pixel corners
+    contours, _ = cv2.findContours(corners.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
     for contour in sorted(contours, key=cv2.contourArea, reverse=True):
         if cv2.contourArea(contour) < MIN_POLYGON_AREA:
@@ -36,6 +42,14 @@ def mask_to_polygons(mask: np.ndarray, epsilon: float) -> list[list[list[float]]
             continue
         polygons.append([[float(x) * 100.0 / width, float(y) * 100.0 / height] for x, y in simplified])
     return polygons
+
+
+def polygon_to_mask(points: np.ndarray, height: int, width: int, supersample: int = 4) -> np.ndarray:
+    """The pixels a polygon ([[x %, y %], ...]) covers at least half of (the inverse of mask_to_polygons)."""
+    canvas = np.zeros((height * supersample, width * supersample), np.uint8)
+    scaled = np.round(points * (width * supersample / 100, height * supersample / 100)).astype(np.int32)
+    cv2.fillPoly(canvas, [scaled], 1)
+    return canvas.reshape(height, supersample, width, supersample).mean((1, 3)) >= 0.5
 
 
 def mask_results(
@@ -78,9 +92,7 @@ def region_mask(result: dict, height: int, width: int) -> np.ndarray:
         points = np.array(value.get("points") or [], np.float64)
         if points.ndim != 2 or len(points) < 3:
             raise ValueError("polygon with fewer than 3 points")
-        canvas = np.zeros((height, width), np.uint8)
-        cv2.fillPoly(canvas, [np.round(points * (width / 100, height / 100)).astype(np.int32)], 1)
-        mask = canvas.astype(bool)
+        mask = polygon_to_mask(points, height, width)
     else:
         raise ValueError(f"not a brush or polygon region ({result.get('type')})")
     if not mask.any():

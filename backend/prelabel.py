@@ -180,11 +180,14 @@ def tasks_to_do(client, project_id: int, model_version: str) -> tuple[list[int],
     return todo, sorted(done)
 
 
-def run_project(project_id: int, model_version: str, limit: int | None = None, progress=None) -> dict:
-    """Pre-label a project: one queue job per task (RQ workers share the work), polled to the end."""
+def run_project(project_id: int, model_version: str, limit: int | None = None, progress=None,
+                deadline: float | None = None) -> dict:
+    """Pre-label a project: one queue job per task (RQ workers share the work), polled to the end or to
+    `deadline` seconds (JOB_TIMEOUT), after which the tasks still pending count as failed."""
     from .jobs import get_queue
 
     settings = get_settings()
+    deadline = settings.job_timeout if deadline is None else deadline
     client = make_client(settings)
     label_config = call(f"project {project_id}", client.projects.get, id=project_id).label_config
     todo, done = tasks_to_do(client, project_id, model_version)
@@ -195,8 +198,8 @@ def run_project(project_id: int, model_version: str, limit: int | None = None, p
     jobs = {queue.enqueue("backend.prelabel.run_prelabel_task", project_id, task_id, label_config):
             task_id for task_id in todo}
     started = time.perf_counter()
-    pending = dict(jobs)
-    while pending:
+    pending, pause = dict(jobs), 0.2
+    while pending and time.perf_counter() - started < deadline:
         for job_id in list(pending):
             status = queue.status(job_id)
             if status["status"] in ("finished", "failed", "unknown", "stopped", "canceled"):
@@ -212,7 +215,11 @@ def run_project(project_id: int, model_version: str, limit: int | None = None, p
                 if progress:
                     progress(len(jobs) - len(pending), len(jobs))
         if pending:
-            time.sleep(0.2)
+            time.sleep(min(pause, max(0.0, deadline - (time.perf_counter() - started))))
+            pause = min(pause * 1.5, 2.0)  # long runs poll every 2 s
+    for job_id, task_id in pending.items():
+        report["failed"] += 1
+        report["errors"][str(task_id)] = f"job {job_id}: no answer within {deadline:g} s (JOB_TIMEOUT)"
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
 

@@ -91,7 +91,9 @@ class Settings:
     synthesis_target_project: int = 0  # 0: import into the source project
     train_every: int = 10  # start a fine-tuning job after every N new/updated annotations (0: only START_TRAINING)
     train_epochs: int = 20  # upper bound; early stopping usually ends sooner
-    job_timeout: int = 6 * 3600  # seconds an RQ job may run
+    job_timeout: int = 6 * 3600  # seconds an RQ job may run (and a bulk pre-labeling waits for one)
+    job_retries: int = 1  # an RQ job whose worker died is run again this many times
+    job_heartbeat_timeout: float = 120.0  # seconds without an RQ worker heartbeat after which its job is abandoned
     basic_auth_user: str = ""  # HTTP basic auth for every route but /health; set both or neither
     basic_auth_pass: str = ""
     allow_unauthenticated: bool = False  # serve on a non-loopback address without basic auth (not recommended)

@@ -198,3 +198,29 @@ def test_grabcut_score_says_how_well_the_object_stands_out():
     half[:, :160] = True
     assert boundary_contrast(noise, half) < 0.3
     assert boundary_contrast(image, np.zeros((240, 320), bool)) == 0.0
+
+
+def test_a_download_that_does_not_match_the_official_hash_is_refused_and_leaves_nothing(tmp_path, file_server):
+    """Official SAM names carry their MD5's first hex digits; a cut or foreign file never takes the name."""
+    url = file_server.serve("/segment_anything/sam_vit_b_01ec64.pth", b"not the real checkpoint")
+    settings = Settings(sam_engine="vit_b", model_dir=str(tmp_path), sam_checkpoint_url=url)
+    with pytest.raises(ModelUnavailableError, match="MD5 .* is not the expected 01ec64d29a2fca3f0661936605ae66f8"):
+        load_sam(settings)
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no file, no .part
+
+
+def test_a_download_with_a_hash_in_its_name_is_checked(tmp_path, file_server, tiny_checkpoints):
+    import hashlib
+
+    body = tiny_checkpoints["vit_t"].read_bytes()
+    good = hashlib.md5(body).hexdigest()[:6]
+    for name, ok in ((f"custom_{good}.pth", True), ("custom_abcdef.pth", False)):
+        url = file_server.serve(f"/w/{name}", body)
+        settings = Settings(sam_engine="vit_t", model_dir=str(tmp_path / name), sam_checkpoint_url=url,
+                            sam_arch_overrides=json.dumps(TINY_ARCH["vit_t"]))
+        if ok:
+            load_sam(settings)
+        else:
+            with pytest.raises(ModelUnavailableError, match="not the expected abcdef"):
+                load_sam(settings)
+        assert [p.name for p in (tmp_path / name / "checkpoints").iterdir()] == ([name] if ok else [])

@@ -29,8 +29,27 @@ def test_polygons_outline_each_part_in_percent():
     assert len(polygons) == 2
     xs = [p[0] for p in polygons[0]]
     ys = [p[1] for p in polygons[0]]
-    assert min(xs) == 10.0 and max(xs) == 29.5 and min(ys) == 10.0 and max(ys) == 49.0
+    assert min(xs) == 10.0 and max(xs) == 30.0 and min(ys) == 10.0 and max(ys) == 50.0  # the pixels' outer edges
     control, label = parse_label_config(POLYGON_CONFIG).output_for("Disk")
     items = mask_results(mask, 0.5, control, label)
     assert [item["type"] for item in items] == ["polygonlabels", "polygonlabels"]
     assert items[0]["value"]["polygonlabels"] == ["Disk"] and items[0]["value"]["closed"] is True
+
+
+def test_polygons_run_along_the_mask_outline_and_decode_back():
+    """Vertices sit on pixel edges (not pixel centres, which made polygons 1 px narrower than the mask)."""
+    import numpy as np
+
+    from backend.mask_encoding import mask_to_polygons, polygon_to_mask
+    from tests.helpers import disk_image
+
+    box = np.zeros((240, 320), bool)
+    box[50:100, 30:200] = True
+    [points] = mask_to_polygons(box, 1.5)
+    xs, ys = {round(p[0] * 3.2, 6) for p in points}, {round(p[1] * 2.4, 6) for p in points}
+    assert xs == {30.0, 200.0} and ys == {50.0, 100.0}  # 170 x 50 pixels wide, as the mask
+    assert (polygon_to_mask(np.array(points), 240, 320) == box).all()
+    _, disk = disk_image(320, 240)
+    [points] = mask_to_polygons(disk, 1.5)
+    back = polygon_to_mask(np.array(points), 240, 320)
+    assert (back & disk).sum() / (back | disk).sum() > 0.98
