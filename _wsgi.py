@@ -42,12 +42,13 @@ def _health() -> dict:
     features = {"segmenter": segmenter or "not loaded yet",
                 "detector": redact_paths(_detectors.describe(settings.detector_model, settings.device)),
                 "depth": redact_paths(_estimators.describe(settings.depth_model, settings.device))}
-    return {"engine": engine, "features": features, "cache": get_segmentation().cache.stats()}
+    return {"engine": engine, "features": features, "cache": get_segmentation().cache.stats(), "worker": os.getpid()}
 
 
 def _metrics() -> dict:
     service = get_segmentation()
-    return {"engine": service.engine.status(), "cache": service.cache.stats(), **service.counters.snapshot()}
+    return {"engine": service.engine.status(), "cache": service.cache.stats(), "worker": os.getpid(),
+            **service.counters.snapshot()}
 
 
 app = create_app(SamBackend, health_extra=_health, metrics_extra=_metrics, not_ready=_not_ready)

@@ -115,7 +115,9 @@ def everything_masks(service: InteractiveSegmentation, image, settings: Settings
         raise InputError("PRELABEL_MODE=everything needs a SAM engine, not grabcut", "PRELABEL_MODE")
     from segment_anything import SamAutomaticMaskGenerator
 
-    generator = SamAutomaticMaskGenerator(segmenter.model, points_per_side=settings.everything_points_per_side)
+    generator = SamAutomaticMaskGenerator(segmenter.model, points_per_side=settings.everything_points_per_side,
+                                          pred_iou_thresh=settings.everything_iou_threshold,
+                                          stability_score_thresh=settings.everything_stability_threshold)
     found = generator.generate(image.pixels(settings))
     found = sorted(found, key=lambda m: -m["predicted_iou"])[: settings.max_detections]
     return [(m["segmentation"].astype(bool), float(m["predicted_iou"])) for m in found]

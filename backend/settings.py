@@ -69,6 +69,8 @@ class Settings:
     prompt_field: str = "caption"  # task data field whose text adds prompts (comma separated)
     max_detections: int = 50  # per image
     everything_points_per_side: int = 16  # PRELABEL_MODE=everything point grid
+    everything_iou_threshold: float = 0.88  # masks whose predicted IoU is lower are dropped (SAM's default)
+    everything_stability_threshold: float = 0.95  # masks less stable under threshold shifts are dropped
     precompute_on_import: bool = False  # embed new tasks' images in the background (TASKS_CREATED webhook)
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"  # hub id or save_pretrained folder
     output_dir: str = "data/outputs"  # generated files (depth maps, synthetic images)

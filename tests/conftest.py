@@ -15,6 +15,30 @@ sys.path.insert(0, str(ROOT))
 from tests.helpers import free_port, sam_env, save_tiny_sam  # noqa: E402
 
 
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*")} if folder.exists() else {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def confined_to_temporary_folders(tmp_path_factory):
+    """Every folder setting defaults to a temporary one for the whole session (subprocesses inherit it), and
+    the session fails if anything was written into the repository's own data/ folder."""
+    folder = tmp_path_factory.mktemp("backend-defaults")
+    defaults = {"MODEL_DIR": folder / "models", "IMAGE_CACHE_DIR": folder / "images", "OUTPUT_DIR": folder / "outputs"}
+    saved = {key: os.environ.get(key) for key in defaults}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, str(value))
+    before = _snapshot(ROOT / "data")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    written = sorted(set(_snapshot(ROOT / "data").items()) - set(before.items()))
+    assert not written, f"tests wrote into the repository's data/ folder: {written[:5]}"
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")

@@ -37,18 +37,41 @@ def test_gunicorn_grabcut_mask_covers_object(served):
     assert requests.post(url + "/predict", json=body, timeout=60).status_code == 200
 
 
+def per_worker(url: str, route: str, until, timeout: float = 60, load=None) -> dict[int, dict]:
+    """`route`'s JSON from each gunicorn worker (by pid), polled (with `load()` in between) until `until(seen)`."""
+    seen: dict[int, dict] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if load:
+            load()
+        for _ in range(8):
+            body = requests.get(url + route, timeout=10).json()
+            seen[body["worker"]] = body
+        if until(seen):
+            break
+    return seen
+
+
 def test_two_gunicorn_workers_share_embeddings_through_redis(served, tiny_checkpoints, redis_url):
+    from concurrent.futures import ThreadPoolExecutor
+
     url = served({**sam_env("vit_t", tiny_checkpoints["vit_t"]), "REDIS_URL": redis_url})
     image, _ = disk_image(seed=11)
     body = predict_body(data_uri(encode_image(image)), [keypoint(40, 50)])
-    for _ in range(6):  # requests land on both workers
-        assert requests.post(url + "/predict", json=body, timeout=60).status_code == 200
+
+    def clicks() -> None:  # concurrent clicks, so that both workers serve the image
+        with ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda _: requests.post(url + "/predict", json=body, timeout=60).status_code,
+                                     range(4)))
+        assert statuses == [200] * 4
+
+    workers = per_worker(url, "/metrics", lambda seen: len(seen) == 2 and all(
+        m["counts"].get("decoder_runs", 0) for m in seen.values()), load=clicks)
+    assert len(workers) == 2 and all(m["counts"].get("decoder_runs", 0) >= 1 for m in workers.values()), workers
+    assert sum(m["counts"].get("encoder_runs", 0) for m in workers.values()) == 1  # one encoder run in all
     import redis
 
-    keys = redis.Redis.from_url(redis_url).keys("sam:emb:*")
-    assert len(keys) >= 1
-    runs = [requests.get(url + "/metrics", timeout=10).json()["counts"].get("encoder_runs", 0) for _ in range(8)]
-    assert max(runs) <= 1  # no worker encoded the image twice; at most one encoded it at all
+    assert len(redis.Redis.from_url(redis_url).keys("sam:emb:*")) == 1
 
 
 def test_started_the_way_label_studio_ml_start_runs_it(tmp_path):
@@ -76,17 +99,11 @@ def test_started_the_way_label_studio_ml_start_runs_it(tmp_path):
 
 def test_workers_load_the_model_at_start_not_on_the_first_click(served, tiny_checkpoints):
     url = served(sam_env("vit_t", tiny_checkpoints["vit_t"]))
-    deadline = time.monotonic() + 60
-    states = []
-    while time.monotonic() < deadline:
-        states = [requests.get(url + "/health", timeout=10).json()["engine"] for _ in range(6)]
-        if all(state["loaded"] for state in states):  # /health reaches both workers
-            break
-        assert all(state["loaded"] or state.get("loading") for state in states), states
-        time.sleep(0.2)
-    assert all(state["loaded"] for state in states), states
-    metrics = requests.get(url + "/metrics", timeout=10).json()
-    assert metrics["counts"].get("decoder_runs", 0) == 0  # no click was needed
+    workers = per_worker(url, "/health", lambda seen: len(seen) == 2 and all(
+        h["engine"]["loaded"] for h in seen.values()), load=lambda: time.sleep(0.2))
+    assert len(workers) == 2 and all(h["engine"]["loaded"] for h in workers.values()), workers
+    metrics = per_worker(url, "/metrics", lambda seen: len(seen) == 2)
+    assert len(metrics) == 2 and all(m["counts"].get("decoder_runs", 0) == 0 for m in metrics.values())
 
 
 def test_prometheus_metrics_add_up_across_workers(served, tmp_path):
@@ -103,3 +120,14 @@ def test_prometheus_metrics_add_up_across_workers(served, tmp_path):
         counts = [s.value for f in text_string_to_metric_families(page) for s in f.samples
                   if s.name == "backend_requests_total" and s.labels.get("route") == "/versions"]
         assert counts == [20], counts
+
+
+def test_the_command_line_works_from_any_folder(tmp_path):
+    import subprocess
+    import sys
+
+    for args, code in ((["depth", "--help"], 0), (["prelabel", "--help"], 0), ([], 2)):
+        run = subprocess.run([sys.executable, "-m", "backend", *args], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == code, run.stderr[-2000:]
+        assert "No module named" not in run.stderr
