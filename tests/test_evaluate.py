@@ -86,10 +86,11 @@ def test_evaluate_cli_scores_the_service_and_writes_json_and_plot(grabcut_style_
     assert Image.open(out / "q.png").size == (640, 420)
 
 
-def test_a_regression_in_the_service_shows_up_as_a_worse_score(grabcut_style_set, monkeypatch):
+def test_a_regression_in_the_service_shows_up_as_a_worse_score(grabcut_style_set, monkeypatch, tmp_path):
     from backend import interactive
 
-    settings = evaluate.Settings(sam_engine="grabcut", local_files_document_root=str(grabcut_style_set))
+    settings = evaluate.Settings(sam_engine="grabcut", local_files_document_root=str(grabcut_style_set),
+                                 model_dir=str(tmp_path / "models"))
     good = evaluate.evaluate(settings, grabcut_style_set, ["GrabCut"], max_clicks=5)["GrabCut"]
     real = interactive.mask_results
     # an off-by-some-pixels bug in mask post-processing

@@ -65,6 +65,9 @@ def test_two_gunicorn_workers_share_embeddings_through_redis(served, tiny_checkp
                                      range(4)))
         assert statuses == [200] * 4
 
+    # One worker encodes the new image (two workers missing it at the same instant may both encode it: the
+    # in-flight lock is per process), then concurrent clicks make both workers serve it.
+    assert requests.post(url + "/predict", json=body, timeout=60).status_code == 200
     workers = per_worker(url, "/metrics", lambda seen: len(seen) == 2 and all(
         m["counts"].get("decoder_runs", 0) for m in seen.values()), load=clicks)
     assert len(workers) == 2 and all(m["counts"].get("decoder_runs", 0) >= 1 for m in workers.values()), workers
