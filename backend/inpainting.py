@@ -43,7 +43,7 @@ class StableDiffusionInpainter:
 
     def __init__(self, settings: Settings):
         self.pipe = _load("StableDiffusionInpaintPipeline", settings.sd_inpaint_model, "SD_INPAINT_MODEL",
-                          "stabilityai/stable-diffusion-2-inpainting").to(resolve_device(settings.device))
+                          "sd2-community/stable-diffusion-2-inpainting").to(resolve_device(settings.device))
         self.pipe.set_progress_bar_config(disable=True)
         if getattr(self.pipe, "safety_checker", None) is not None:
             self.pipe.safety_checker = None  # the team reviews every sample; no silent black images

@@ -81,7 +81,7 @@ class Settings:
     synthesis_engine: str = "kandinsky"  # default engine of generation tasks: kandinsky | sd2
     kandinsky_prior_model: str = "kandinsky-community/kandinsky-2-2-prior"
     kandinsky_inpaint_model: str = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
-    sd_inpaint_model: str = "stabilityai/stable-diffusion-2-inpainting"
+    sd_inpaint_model: str = "sd2-community/stable-diffusion-2-inpainting"  # Stability AI removed its repo (2025-11)
     synthesis_steps: int = 30
     synthesis_guidance: float = 0.0  # 0: the engine's usual value (Kandinsky 4, SD 7.5)
     synthesis_size: int = 512  # working resolution of the crop around the region

@@ -55,7 +55,11 @@ def per_worker(url: str, route: str, until, timeout: float = 60, load=None) -> d
 def test_two_gunicorn_workers_share_embeddings_through_redis(served, tiny_checkpoints, redis_url):
     from concurrent.futures import ThreadPoolExecutor
 
-    url = served({**sam_env("vit_t", tiny_checkpoints["vit_t"]), "REDIS_URL": redis_url})
+    import redis
+
+    own_db = redis_url.rsplit("/", 1)[0] + "/5"  # other tests share database 0
+    redis.Redis.from_url(own_db).flushdb()
+    url = served({**sam_env("vit_t", tiny_checkpoints["vit_t"]), "REDIS_URL": own_db})
     image, _ = disk_image(seed=11)
     body = predict_body(data_uri(encode_image(image)), [keypoint(40, 50)])
 
@@ -72,9 +76,7 @@ def test_two_gunicorn_workers_share_embeddings_through_redis(served, tiny_checkp
         m["counts"].get("decoder_runs", 0) for m in seen.values()), load=clicks)
     assert len(workers) == 2 and all(m["counts"].get("decoder_runs", 0) >= 1 for m in workers.values()), workers
     assert sum(m["counts"].get("encoder_runs", 0) for m in workers.values()) == 1  # one encoder run in all
-    import redis
-
-    assert len(redis.Redis.from_url(redis_url).keys("sam:emb:*")) == 1
+    assert len(redis.Redis.from_url(own_db).keys("sam:emb:*")) == 1
 
 
 def test_started_the_way_label_studio_ml_start_runs_it(tmp_path):
