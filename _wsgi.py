@@ -6,12 +6,12 @@ import argparse
 import logging
 import os
 
-from backend import job_routes
-from backend.errors import SettingsError
-from backend.interactive import get_segmentation, preload_in_background
-from backend.logs import install_log_escaping, redact_paths
-from backend.protocol import create_app
-from backend.settings import check_startup, get_settings
+from backend.core.errors import SettingsError
+from backend.core.logs import install_log_escaping, redact_paths
+from backend.core.settings import check_startup, get_settings
+from backend.segmentation.service import get_segmentation, preload_in_background
+from backend.serving import job_routes
+from backend.serving.protocol import create_app
 from model import SamBackend
 
 logging.basicConfig(
@@ -33,8 +33,8 @@ def _not_ready() -> str | None:
 
 
 def _health() -> dict:
-    from backend.depth import _estimators
-    from backend.detector import _detectors
+    from backend.depth.estimate import _estimators
+    from backend.prelabel.detector import _detectors
 
     settings = get_settings()
     engine = _engine_status()

@@ -3,8 +3,8 @@ among them) before serving; each worker starts loading the model at once."""
 
 
 def on_starting(server) -> None:
-    from backend.errors import SettingsError
-    from backend.settings import check_startup, get_settings
+    from backend.core.errors import SettingsError
+    from backend.core.settings import check_startup, get_settings
 
     hosts = [address[0] if isinstance(address, tuple) else f"unix:{address}" for address in server.cfg.address]
     try:
@@ -14,6 +14,6 @@ def on_starting(server) -> None:
 
 
 def post_worker_init(worker) -> None:
-    from backend.interactive import preload_in_background
+    from backend.segmentation.service import preload_in_background
 
     preload_in_background()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from backend.annotations import AnnotationStore
-from backend.errors import InputError
-from backend.interactive import get_segmentation
-from backend.jobs import get_queue
-from backend.label_config import parse_label_config
-from backend.ml_base import LabelStudioMLBase
-from backend.model_versions import ModelVersions, model_version, project_model_version
-from backend.prelabel import predict_tasks
-from backend.settings import get_settings
-from backend.synthesis import is_generation_annotation
+from backend.core.errors import InputError
+from backend.core.jobs import get_queue
+from backend.core.label_config import parse_label_config
+from backend.core.settings import get_settings
+from backend.core.versions import ModelVersions, model_version, project_model_version
+from backend.learning.annotations import AnnotationStore
+from backend.prelabel.run import predict_tasks
+from backend.segmentation.service import get_segmentation
+from backend.serving.ml_base import LabelStudioMLBase
+from backend.synthesis.generate import is_generation_annotation
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class SamBackend(LabelStudioMLBase):
                 return {**response, "stored": False, "reason": "skipped task"}
             if is_generation_annotation(annotation):  # a synthesis request, not an object mask to learn from
                 task_id = (data.get("task") or {}).get("id")
-                job = get_queue().enqueue("backend.synthesis.run_generation", int(self.project_id), task_id,
+                job = get_queue().enqueue("backend.synthesis.generate.run_generation", int(self.project_id), task_id,
                                           annotation.get("id"))
                 return {**response, "stored": False, "job": job}
             path = store.save(self.project_id, data.get("task") or {}, annotation, self._image_key(),
@@ -62,7 +62,7 @@ class SamBackend(LabelStudioMLBase):
         else:  # START_TRAINING (the "Start training" button)
             due = store.claim_training(self.project_id, 0)
         if due and settings.sam_engine != "grabcut":
-            response["job"] = get_queue().enqueue("backend.training.train_project", self.project_id)
+            response["job"] = get_queue().enqueue("backend.learning.training.train_project", self.project_id)
         return response
 
     def on_event(self, event: str, data: dict) -> dict | None:
@@ -74,7 +74,7 @@ class SamBackend(LabelStudioMLBase):
                 and isinstance(t.get("data"), dict) and isinstance(t["data"].get(key), str)]
         if not urls:
             return {"event": event, "images": 0}
-        job = get_queue().enqueue("backend.interactive.precompute_embeddings", urls)
+        job = get_queue().enqueue("backend.segmentation.service.precompute_embeddings", urls)
         return {"event": event, "images": len(urls), "job": job}
 
     def versions(self) -> list[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
-    "prelabel": "backend.prelabel",
-    "depth": "backend.depth",
-    "train": "backend.training",
-    "evaluate": "backend.evaluate",
+    "prelabel": "backend.prelabel.run",
+    "depth": "backend.depth.estimate",
+    "train": "backend.learning.training",
+    "evaluate": "backend.evaluation.evaluate",
 }
 
 

@@ -32,7 +32,7 @@ def free_port() -> int:
 def random_checkpoint(engine: str, folder: Path) -> Path:
     """A real-size architecture with random weights, saved as an official checkpoint (speed does not
     depend on weight values)."""
-    from backend.engines import build_sam
+    from backend.segmentation.registry import build_sam
 
     path = folder / f"random_{engine}.pth"
     if not path.exists():
@@ -51,8 +51,8 @@ def region_mask_checkpoint(engine: str, folder: Path, image_path: Path) -> Path:
     label-studio-sdk's RLE encoder walks runs in Python, so only masks with a realistic run count give a
     realistic end-to-end click time. These masks have hundreds to a few thousand runs.
     """
-    from backend import compat
-    from backend.engines import build_sam
+    from backend.segmentation import compat
+    from backend.segmentation.registry import build_sam
 
     path = folder / f"regions_{engine}.pth"
     if path.exists():

@@ -20,8 +20,8 @@ import torch
 from common import ROOT, bench_images, print_table, seconds_row
 
 assert ROOT.is_dir()
-from backend import depth as depth_module  # noqa: E402
-from backend.settings import Settings  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.depth import estimate as depth_module  # noqa: E402
 
 
 def save_v2_small(folder: Path) -> Path:

@@ -18,10 +18,10 @@ import torch
 from common import ROOT, print_table, stats_ms  # common puts the repository on sys.path
 
 assert ROOT.is_dir()
-from backend.engines import build_sam  # noqa: E402
-from backend.sam_engine import SamSegmenter  # noqa: E402
-from backend.segmenter import Embedding  # noqa: E402
-from backend.training import Example, TrainingConfig, low_res_target, simulate_prompts, train_step  # noqa: E402
+from backend.learning.training import Example, TrainingConfig, low_res_target, simulate_prompts, train_step  # noqa: E402
+from backend.segmentation.registry import build_sam  # noqa: E402
+from backend.segmentation.sam import SamSegmenter  # noqa: E402
+from backend.segmentation.segmenter import Embedding  # noqa: E402
 
 
 def examples(count: int, rng: np.random.Generator) -> list[Example]:

@@ -21,10 +21,10 @@ from PIL import Image
 from common import ROOT, bench_images, print_table, region_mask_checkpoint
 
 assert ROOT.is_dir()
-from backend.engines import load_segmenter  # noqa: E402
-from backend.prompts import Prompt  # noqa: E402
-from backend.segmenter import Embedding  # noqa: E402
-from backend.settings import Settings  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.segmentation.prompts import Prompt  # noqa: E402
+from backend.segmentation.registry import load_segmenter  # noqa: E402
+from backend.segmentation.segmenter import Embedding  # noqa: E402
 
 
 def grid_clicks(width: int, height: int, count: int) -> list[tuple[float, float]]:

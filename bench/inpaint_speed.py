@@ -55,8 +55,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--samples", type=int, default=1)
     args = parser.parse_args()
-    from backend.inpainting import InpaintRequest, StableDiffusionInpainter
-    from backend.settings import Settings
+    from backend.core.settings import Settings
+    from backend.synthesis.inpainting import InpaintRequest, StableDiffusionInpainter
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = sd2_inpainting(Path(tmp) / "sd2")

@@ -47,10 +47,10 @@ from common import (
 
 def bare_decoder_ms(engine: str, checkpoint: Path, image_path: Path, clicks: int) -> tuple[float, float]:
     """Median of SamPredictor.predict (one click, multimask) and of our engine's decode, in-process."""
-    from backend import compat
-    from backend.engines import load_segmenter
-    from backend.prompts import Prompt
-    from backend.settings import Settings
+    from backend.core.settings import Settings
+    from backend.segmentation import compat
+    from backend.segmentation.prompts import Prompt
+    from backend.segmentation.registry import load_segmenter
 
     compat.install()
     from segment_anything import SamPredictor
@@ -76,8 +76,8 @@ def bare_decoder_ms(engine: str, checkpoint: Path, image_path: Path, clicks: int
 
 def encoding_ms(mask: np.ndarray) -> float:
     """Median time of the brush result for one mask: SDK RLE encoding plus JSON serialisation."""
-    from backend.label_config import parse_label_config
-    from backend.mask_encoding import mask_results
+    from backend.core.label_config import parse_label_config
+    from backend.segmentation.masks import mask_results
     from tests.helpers import LABEL_CONFIG
 
     control, label = parse_label_config(LABEL_CONFIG).output_for("Disk")
@@ -91,9 +91,9 @@ def encoding_ms(mask: np.ndarray) -> float:
 
 def mask_encoding_rows(engine: str, checkpoints: dict[str, Path], image_path: Path) -> dict:
     """Run count and encoding cost of a click's mask from each checkpoint and of a real COCO object mask."""
-    from backend.engines import load_segmenter
-    from backend.prompts import Prompt
-    from backend.settings import Settings
+    from backend.core.settings import Settings
+    from backend.segmentation.prompts import Prompt
+    from backend.segmentation.registry import load_segmenter
     from common import SHARED_IMAGES
 
     image = np.asarray(Image.open(image_path).convert("RGB"))

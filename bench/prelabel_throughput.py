@@ -31,9 +31,9 @@ CONFIG = "<View><Image name='image' value='$image'/><BrushLabels name='tag' toNa
 def job(path: str) -> int:
     """One image: the production pre-labeling path (read, detect all categories, segment each box)."""
     sys.path.insert(0, str(ROOT))
-    from backend.label_config import parse_label_config
-    from backend.prelabel import prelabel_task
-    from backend.settings import get_settings
+    from backend.core.label_config import parse_label_config
+    from backend.core.settings import get_settings
+    from backend.prelabel.run import prelabel_task
 
     prediction = prelabel_task({"id": 0, "data": {"image": path}}, parse_label_config(CONFIG), get_settings(), "bench")
     return len(prediction["result"])

@@ -48,7 +48,7 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def configure(monkeypatch, tmp_path):
     """Set backend settings for one test (environment variables) and reset the process-wide service."""
-    from backend.interactive import reset_segmentation
+    from backend.segmentation.service import reset_segmentation
 
     def apply(**env: str) -> None:
         base = {"MODEL_DIR": str(tmp_path / "models"), "IMAGE_CACHE_DIR": str(tmp_path / "images"),

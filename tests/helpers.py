@@ -40,7 +40,7 @@ POLYGON_CONFIG = LABEL_CONFIG.replace("BrushLabels", "PolygonLabels")
 
 def save_tiny_sam(engine: str, path: Path, seed: int = 0) -> Path:
     """Build a random-weight SAM of `engine`'s family at tiny size and save it as an official checkpoint."""
-    from backend.engines import build_sam
+    from backend.segmentation.registry import build_sam
 
     torch.manual_seed(seed)
     model = build_sam(engine, TINY_ARCH[engine])

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from backend.depth import DepthEstimator, depth_for_task
-from backend.errors import BackendError, ImageError, ModelUnavailableError
-from backend.settings import Settings
+from backend.core.errors import BackendError, ImageError, ModelUnavailableError
+from backend.core.settings import Settings
+from backend.depth.estimate import DepthEstimator, depth_for_task
 from tests.helpers import data_uri, disk_image, encode_image, save_tiny_depth_anything
 
 

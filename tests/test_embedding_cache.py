@@ -5,11 +5,11 @@ import time
 import numpy as np
 import pytest
 
-from backend.embedding_cache import DiskStore, MemoryCache, deserialize, make_cache, serialize
-from backend.interactive import InteractiveSegmentation
-from backend.label_config import parse_label_config
-from backend.segmenter import Embedding
-from backend.settings import Settings
+from backend.core.label_config import parse_label_config
+from backend.core.settings import Settings
+from backend.segmentation.embedding_cache import DiskStore, MemoryCache, deserialize, make_cache, serialize
+from backend.segmentation.segmenter import Embedding
+from backend.segmentation.service import InteractiveSegmentation
 from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, free_port, keypoint, predict_body, sam_env
 
 CONFIG = parse_label_config(LABEL_CONFIG)
@@ -124,7 +124,7 @@ def test_unreachable_redis_still_serves(tmp_path, tiny_checkpoints, image_url, c
 
 def test_imported_tasks_are_embedded_before_the_first_click(configure, tiny_checkpoints):
     configure(**sam_env("vit_t", tiny_checkpoints["vit_t"]), PRECOMPUTE_ON_IMPORT="true")
-    from backend.jobs import get_queue, reset_queue
+    from backend.core.jobs import get_queue, reset_queue
 
     reset_queue()
     import _wsgi

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from backend import compat
-from backend.engines import SegmenterHolder, load_sam, load_segmenter
-from backend.errors import ModelUnavailableError
-from backend.grabcut_engine import GrabCutSegmenter
-from backend.prompts import Prompt
-from backend.settings import Settings
+from backend.core.errors import ModelUnavailableError
+from backend.core.settings import Settings
+from backend.segmentation import compat
+from backend.segmentation.grabcut import GrabCutSegmenter
+from backend.segmentation.prompts import Prompt
+from backend.segmentation.registry import SegmenterHolder, load_sam, load_segmenter
 from tests.helpers import TINY_ARCH, disk_image, iou, save_tiny_sam
 
 compat.install()
@@ -185,8 +185,8 @@ def test_grabcut_works_on_large_images_at_reduced_size():
 def test_grabcut_score_says_how_well_the_object_stands_out():
     """The documented heuristic (boundary contrast): high for a clean object mask, low for a cut through
     one uniform region, 0 for nothing."""
-    from backend.grabcut_engine import GrabCutSegmenter, boundary_contrast
-    from backend.prompts import Prompt
+    from backend.segmentation.grabcut import GrabCutSegmenter, boundary_contrast
+    from backend.segmentation.prompts import Prompt
     from tests.helpers import disk_image
 
     image, truth = disk_image(320, 240)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend import evaluate
-from backend.clicks import Click, keypoint_item, mask_iou, next_click, truth_box
-from backend.prompts import parse_context
+from backend.evaluation import evaluate
+from backend.evaluation.clicks import Click, keypoint_item, mask_iou, next_click
+from backend.segmentation.masks import bounding_box
+from backend.segmentation.prompts import parse_context
 from tests.helpers import disk_image
 
 
@@ -52,7 +53,7 @@ def test_a_click_survives_the_label_studio_round_trip():
              keypoint_item(Click(37, 12, False), 320, 240, "Object")]
     prompt = parse_context({"result": items}).to_prompt(320, 240)
     assert np.allclose(prompt.points, [(100.5, 90.5), (37.5, 12.5)]) and prompt.labels.tolist() == [1, 0]
-    assert truth_box(np.pad(np.ones((3, 4), bool), ((5, 0), (7, 0)))) == (7, 5, 11, 8)
+    assert bounding_box(np.pad(np.ones((3, 4), bool), ((5, 0), (7, 0)))) == (7, 5, 11, 8)
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_evaluate_cli_scores_the_service_and_writes_json_and_plot(grabcut_style_
 
 
 def test_a_regression_in_the_service_shows_up_as_a_worse_score(grabcut_style_set, monkeypatch, tmp_path):
-    from backend import interactive
+    from backend.segmentation import service as interactive
 
     settings = evaluate.Settings(sam_engine="grabcut", local_files_document_root=str(grabcut_style_set),
                                  model_dir=str(tmp_path / "models"))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from backend.mask_encoding import rle_to_mask
+from backend.segmentation.masks import rle_to_mask
 from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, iou, keypoint, predict_body, sam_env
 
 IMAGE, TRUTH = disk_image(320, 240)

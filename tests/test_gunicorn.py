@@ -5,7 +5,7 @@ import time
 import pytest
 import requests
 
-from backend.mask_encoding import rle_to_mask
+from backend.segmentation.masks import rle_to_mask
 from tests.helpers import data_uri, disk_image, encode_image, free_port, iou, keypoint, predict_body, sam_env
 from tests.processes import start_gunicorn, stop
 

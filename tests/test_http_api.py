@@ -5,7 +5,7 @@ import base64
 import numpy as np
 import pytest
 
-from backend.mask_encoding import rle_to_mask
+from backend.segmentation.masks import rle_to_mask
 from tests.helpers import (
     LABEL_CONFIG,
     POLYGON_CONFIG,
@@ -98,7 +98,7 @@ def test_polygon_config_gives_polygons(grabcut_client):
 def test_no_context_without_detector_gives_no_prediction_and_logs_the_reason(sam_client, monkeypatch, tmp_path,
                                                                               caplog):
     monkeypatch.setenv("DETECTOR_MODEL", str(tmp_path / "missing-detector"))
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     get_settings.cache_clear()
     response = sam_client.post("/predict", json=predict_body(IMAGE_URL, None))
@@ -142,7 +142,7 @@ def test_body_that_is_not_json(grabcut_client):
 
 
 def test_unexpected_failure_is_500_json_and_logged(grabcut_client, monkeypatch, caplog):
-    from backend.interactive import get_segmentation
+    from backend.segmentation.service import get_segmentation
 
     def explode(*args, **kwargs):
         raise ZeroDivisionError("boom")
@@ -156,7 +156,7 @@ def test_unexpected_failure_is_500_json_and_logged(grabcut_client, monkeypatch, 
 
 
 def test_webhook_reaches_fit_which_keeps_the_annotation(grabcut_client, tmp_path):
-    from backend.annotations import AnnotationStore
+    from backend.learning.annotations import AnnotationStore
 
     result = [{"type": "brushlabels", "value": {"format": "rle", "rle": [1, 2], "brushlabels": ["Disk"]}}]
     payload = {"action": "ANNOTATION_CREATED", "project": {"id": 4, "label_config": LABEL_CONFIG},

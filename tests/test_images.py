@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from backend.errors import ImageError, InputError
-from backend.images import read_task_image
-from backend.settings import Settings
+from backend.core.errors import ImageError, InputError
+from backend.core.settings import Settings
+from backend.io.images import read_task_image
 from tests.helpers import data_uri, disk_image, encode_image, free_port
 
 

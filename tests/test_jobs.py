@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backend.annotations import AnnotationStore
-from backend.jobs import InProcessQueue, RedisQueue
-from backend.model_versions import ModelVersions
+from backend.core.jobs import InProcessQueue, RedisQueue
+from backend.core.versions import ModelVersions
+from backend.learning.annotations import AnnotationStore
 from tests.helpers import data_uri, encode_image, sam_env
 from tests.processes import ROOT
 from tests.test_training import brush, disks
@@ -38,7 +38,7 @@ def test_training_job_runs_on_an_rq_worker_process(tiny_checkpoints, redis_url, 
         store.save("12", {"id": index, "data": {"image": data_uri(encode_image(image))}},
                    {"id": index, "result": [brush(mask)]})
     queue = RedisQueue(redis_url, timeout=600)
-    job = queue.enqueue("backend.training.train_project", "12")
+    job = queue.enqueue("backend.learning.training.train_project", "12")
     assert queue.status(job)["status"] == "queued"
     env = {**sam_env("vit_b", tiny_checkpoints["vit_b"]), "MODEL_DIR": str(model_dir), "REDIS_URL": redis_url,
            "TRAIN_EPOCHS": "2", "IMAGE_CACHE_DIR": str(tmp_path / "images")}
@@ -51,7 +51,7 @@ def test_training_job_runs_on_an_rq_worker_process(tiny_checkpoints, redis_url, 
 
 
 def test_a_job_whose_every_task_failed_is_failed_not_finished():
-    from backend.jobs import finished
+    from backend.core.jobs import finished
 
     all_failed = {"project": 3, "done": 0, "skipped": 0, "failed": 2, "errors": {"7": "task 7: broken image"}}
     status = finished({"id": "j"}, all_failed)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from backend.jobs import InProcessQueue, RedisQueue
+from backend.core.jobs import InProcessQueue, RedisQueue
 from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, free_port, sam_env
 from tests.processes import ROOT, start_gunicorn, stop
 
@@ -101,7 +101,8 @@ def test_prelabel_polls_with_a_deadline(monkeypatch):
     """A bulk run whose job never answers ends at its deadline with that task failed, not polling forever."""
     from types import SimpleNamespace
 
-    from backend import jobs, prelabel
+    from backend.core import jobs
+    from backend.prelabel import run as prelabel
 
     class Stuck(InProcessQueue):
         def enqueue(self, func_path, *args, **kwargs):

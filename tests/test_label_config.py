@@ -1,7 +1,7 @@
 import pytest
 
-from backend.errors import InputError
-from backend.label_config import parse_label_config
+from backend.core.errors import InputError
+from backend.core.label_config import parse_label_config
 from tests.helpers import LABEL_CONFIG, POLYGON_CONFIG
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from backend.label_config import parse_label_config
-from backend.mask_encoding import mask_results, mask_to_polygons, mask_to_rle, rle_to_mask
+from backend.core.label_config import parse_label_config
+from backend.segmentation.masks import mask_results, mask_to_polygons, mask_to_rle, rle_to_mask
 from tests.helpers import LABEL_CONFIG, POLYGON_CONFIG, disk_image
 
 
@@ -40,7 +40,7 @@ def test_polygons_run_along_the_mask_outline_and_decode_back():
     """Vertices sit on pixel edges (not pixel centres, which made polygons 1 px narrower than the mask)."""
     import numpy as np
 
-    from backend.mask_encoding import mask_to_polygons, polygon_to_mask
+    from backend.segmentation.masks import mask_to_polygons, polygon_to_mask
     from tests.helpers import disk_image
 
     box = np.zeros((240, 320), bool)

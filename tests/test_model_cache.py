@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from backend import depth
-from backend.errors import ModelUnavailableError
-from backend.model_cache import ModelCache
-from backend.settings import Settings
+from backend.core.errors import ModelUnavailableError
+from backend.core.model_cache import ModelCache
+from backend.core.settings import Settings
+from backend.depth import estimate as depth
 
 
 def test_keeps_the_most_recent_models_and_loads_each_once():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from backend import prelabel
-from backend.interactive import get_segmentation
-from backend.model_versions import ModelVersions, model_version, project_model_version
-from backend.settings import get_settings
+from backend.core.settings import get_settings
+from backend.core.versions import ModelVersions, model_version, project_model_version
+from backend.prelabel import run as prelabel
+from backend.segmentation.service import get_segmentation
 from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, keypoint, predict_body, sam_env
 
 PROJECT = "6"

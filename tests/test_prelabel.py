@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.detector import Detection, get_detector, non_max_suppression
-from backend.images import TaskImage
-from backend.label_config import parse_label_config
-from backend.mask_encoding import rle_to_mask
-from backend.prelabel import category_prompts, prelabel_task
-from backend.settings import Settings, get_settings
+from backend.core.label_config import parse_label_config
+from backend.core.settings import Settings, get_settings
+from backend.io.images import TaskImage
+from backend.prelabel.detector import Detection, get_detector, non_max_suppression
+from backend.prelabel.run import category_prompts, prelabel_task
+from backend.segmentation.masks import rle_to_mask
 from tests.helpers import (
     LABEL_CONFIG,
     data_uri,
@@ -86,7 +86,7 @@ def test_each_detected_box_becomes_a_labeled_mask_of_its_object(configure, monke
     boxes = [Detection((22, 42, 98, 118), 0.9, 0), Detection((142, 37, 208, 103), 0.7, 1),
              Detection((0, 0, 10, 10), 0.1, 0)]  # below the threshold
     stand_in = BoxesOf(boxes)
-    monkeypatch.setattr("backend.prelabel.get_detector", lambda *a: stand_in)
+    monkeypatch.setattr("backend.prelabel.run.get_detector", lambda *a: stand_in)
     decodes = []
     original_decode = TaskImage._decode
     monkeypatch.setattr(TaskImage, "_decode", lambda self, *a: decodes.append(1) or original_decode(self, *a))

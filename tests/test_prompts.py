@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from backend.errors import InputError
-from backend.prompts import parse_context
+from backend.core.errors import InputError
+from backend.segmentation.prompts import parse_context
 from tests.helpers import keypoint, rectangle
 
 

@@ -18,10 +18,10 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from backend.download import Download, UrlRefusedError
-from backend.errors import ImageError
-from backend.images import read_task_image
-from backend.settings import Settings
+from backend.core.errors import ImageError
+from backend.core.settings import Settings
+from backend.io.download import Download, UrlRefusedError
+from backend.io.images import read_task_image
 from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, free_port, iou, keypoint, predict_body
 from tests.hostile import HostileServer
 from tests.processes import ROOT, start_gunicorn, stop
@@ -85,7 +85,7 @@ def predict(backend, image_url: str, items=None, **overrides) -> requests.Respon
 
 
 def assert_good_click(backend) -> None:
-    from backend.mask_encoding import rle_to_mask
+    from backend.segmentation.masks import rle_to_mask
 
     response = predict(backend, data_uri(PNG))
     assert response.status_code == 200, response.text
@@ -107,7 +107,7 @@ def test_depth_image_key_cannot_leave_the_output_folder(backend):
     response = requests.post(backend.url + "/depth", json=body, timeout=30)
     refused(response, 400, "image_key")
     for key in ("../x", "a/../../x", "/abs", "", ".hidden", "a\0b"):
-        from backend.storage import LocalStorage
+        from backend.io.storage import LocalStorage
 
         with pytest.raises(Exception, match="not a safe storage key"):
             LocalStorage(Settings(output_dir=str(backend.root / "outputs"), output_url="http://x/")).save(key, b"1")
@@ -115,7 +115,7 @@ def test_depth_image_key_cannot_leave_the_output_folder(backend):
 
 
 def test_storage_refuses_a_symlink_that_leads_out(tmp_path):
-    from backend.storage import LocalStorage, StorageError
+    from backend.io.storage import LocalStorage, StorageError
 
     (tmp_path / "out").mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -234,7 +234,7 @@ def test_download_errors_of_unnamed_hosts_do_not_tell_closed_ports_from_live_one
     route_texts = set()
     settings = Settings(image_url_hosts="*", download_timeout=1)
     download = Download(settings)
-    from backend.download import Route
+    from backend.io.download import Route
 
     wildcard = Route(public_only=True, token=False, label_studio=False, detailed_errors=False)
     route_texts.add(download._failure("ConnectionError: [Errno 111] refused", wildcard, "http://a/x").message)
@@ -297,7 +297,7 @@ def test_request_size_clicks_and_project_strings_are_bounded(backend):
 
 
 def test_per_project_state_is_bounded():
-    from backend import ml_base
+    from backend.serving import ml_base
 
     for project in range(ml_base.MAX_PROJECTS + 50):
         ml_base.LabelStudioMLBase(project_id=str(project)).set("model_version", "x")
@@ -306,8 +306,8 @@ def test_per_project_state_is_bounded():
 
 def test_a_request_waits_a_bounded_time_for_a_model_load(configure, monkeypatch, caplog):
     """A model that takes long to load (an unreachable hub) holds a request MODEL_LOAD_WAIT seconds, not more."""
-    import backend.detector as detector_module
-    from backend.model_cache import ModelCache
+    import backend.prelabel.detector as detector_module
+    from backend.core.model_cache import ModelCache
 
     def slow(*args):
         time.sleep(5)

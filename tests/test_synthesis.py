@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import mask2rle
 
-from backend.errors import InputError
-from backend.mask_encoding import rle_to_mask
-from backend.settings import Settings, get_settings
-from backend.synthesis import generate_samples, is_generation_annotation, parse_generation
+from backend.core.errors import InputError
+from backend.core.settings import Settings, get_settings
+from backend.segmentation.masks import rle_to_mask
+from backend.synthesis.generate import generate_samples, is_generation_annotation, parse_generation
 from tests.helpers import data_uri, disk_image, encode_image, save_tiny_inpainting
 
 CONFIG = (__import__("pathlib").Path(__file__).resolve().parents[1] / "label_configs" / "synthesis.xml").read_text()
@@ -111,7 +111,7 @@ def test_submitting_a_generation_annotation_queues_a_job_and_does_not_train(conf
 
     payload = {"action": "ANNOTATION_CREATED", "project": {"id": 8, "label_config": CONFIG},
                "task": {"id": 2, "data": {"image": "http://x/y.png"}}, "annotation": generation(rect())}
-    from backend.jobs import get_queue, reset_queue
+    from backend.core.jobs import get_queue, reset_queue
 
     reset_queue()
     response = _wsgi.app.test_client().post("/webhook", json=payload)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from label_studio_sdk.converter.brush import mask2rle
 
-from backend.annotations import AnnotationStore
-from backend.clicks import next_click
-from backend.images import read_task_image
-from backend.model_versions import ModelVersions
-from backend.prompts import Prompt
-from backend.training import TrainingConfig, train_project
+from backend.core.versions import ModelVersions
+from backend.evaluation.clicks import next_click
+from backend.io.images import read_task_image
+from backend.learning.annotations import AnnotationStore
+from backend.learning.training import TrainingConfig, train_project
+from backend.segmentation.prompts import Prompt
 from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, iou, sam_env
 
 PROJECT = "7"
@@ -34,7 +34,7 @@ def disks(count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def first_click_iou(service, project: str, samples) -> float:
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     segmenter = service.segmenter_for(project)
     scores = []
@@ -49,7 +49,7 @@ def first_click_iou(service, project: str, samples) -> float:
 @pytest.fixture
 def tiny_sam_service(configure, tiny_checkpoints, tmp_path):
     configure(**sam_env("vit_b", tiny_checkpoints["vit_b"]))
-    from backend.interactive import get_segmentation
+    from backend.segmentation.service import get_segmentation
 
     return get_segmentation(), tmp_path / "models"
 
@@ -94,7 +94,7 @@ def annotation_event(index: int, image: np.ndarray, mask: np.ndarray) -> dict:
 def test_webhook_annotations_start_a_background_training_that_predict_then_uses(
         configure, tiny_checkpoints, tmp_path):
     configure(**sam_env("vit_b", tiny_checkpoints["vit_b"]), TRAIN_EVERY="5", TRAIN_EPOCHS="3")
-    from backend.jobs import get_queue, reset_queue
+    from backend.core.jobs import get_queue, reset_queue
 
     reset_queue()
     import _wsgi
@@ -120,7 +120,7 @@ def test_webhook_annotations_start_a_background_training_that_predict_then_uses(
 def test_a_version_that_is_not_better_on_held_out_regions_stays_inactive(tiny_sam_service, monkeypatch):
     """Activation is judged on held-out regions, not on the validation split that picked the epoch: a
     decoder that flatters validation but is worse on held-out data is kept, inactive."""
-    import backend.training as training
+    import backend.learning.training as training
 
     service, model_dir = tiny_sam_service
     store = AnnotationStore(model_dir)
@@ -141,7 +141,7 @@ def test_a_version_that_is_not_better_on_held_out_regions_stays_inactive(tiny_sa
 
 
 def test_split_keeps_training_validation_and_held_out_apart():
-    from backend.training import Example, split
+    from backend.learning.training import Example, split
 
     examples = [Example(f"{a}/{r}", None, None) for a in range(1, 11) for r in range(2)]
     train, val, holdout = split(examples, TrainingConfig())
@@ -154,8 +154,8 @@ def test_train_every_counts_across_workers_and_restarts(configure, tiny_checkpoi
     """The trigger is derived from the kept annotations: a fresh process (another worker, a restart) after
     every request still starts exactly one training at the TRAIN_EVERY-th annotation."""
     configure(**sam_env("vit_b", tiny_checkpoints["vit_b"]), TRAIN_EVERY="4", TRAIN_EPOCHS="1")
-    from backend import ml_base
-    from backend.jobs import get_queue, reset_queue
+    from backend.core.jobs import get_queue, reset_queue
+    from backend.serving import ml_base
 
     reset_queue()
     import _wsgi

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from backend.mask_encoding import rle_to_mask
+from backend.segmentation.masks import rle_to_mask
 from tests.helpers import iou
 from tests.processes import ROOT
 

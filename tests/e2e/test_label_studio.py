@@ -9,7 +9,7 @@ import numpy as np
 import requests
 from label_studio_sdk.converter.brush import mask2rle
 
-from backend.mask_encoding import rle_to_mask
+from backend.segmentation.masks import rle_to_mask
 from tests.helpers import iou
 
 

@@ -10,7 +10,7 @@ import sys
 
 import requests
 
-from backend.mask_encoding import rle_to_mask
+from backend.segmentation.masks import rle_to_mask
 from tests.processes import ROOT
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from backend.mask_encoding import rle_to_mask
+from backend.segmentation.masks import rle_to_mask
 from tests.e2e.conftest import make_project
 from tests.processes import ROOT
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from backend.ls_client import read_tasks
+from backend.io.ls_client import read_tasks
 from tests.e2e.conftest import Backend, make_project
 from tests.e2e.test_depth_in_label_studio import wait_job
 from tests.e2e.test_prelabel_in_label_studio import retrieve_predictions

@@ -1,0 +1,1 @@
+"""Depth maps (Depth Anything) stored as task data."""

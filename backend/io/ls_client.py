@@ -1,0 +1,84 @@
+"""The Label Studio API client (label-studio-sdk) from the settings, with errors that say what is missing."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from backend.core.errors import BackendError, InputError
+from backend.core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class LabelStudioUnreachableError(BackendError):
+    status = 502
+
+
+def make_client(settings: Settings):
+    from label_studio_sdk import LabelStudio
+
+    if not settings.label_studio_url or not settings.label_studio_api_key:
+        raise InputError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must be set to read and update tasks",
+                         "settings")
+    return LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key,
+                       timeout=settings.download_timeout)
+
+
+def call(what: str, function, *args, **kwargs):
+    """Run one SDK call; connection problems and API errors become one clear error naming `what`."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        return function(*args, **kwargs)
+    except ApiError as exc:
+        raise LabelStudioUnreachableError(f"Label Studio answered {exc.status_code}: {str(exc.body)[:300]}", what)
+    except httpx.HTTPError as exc:
+        raise LabelStudioUnreachableError(f"Label Studio is unreachable ({type(exc).__name__}: {exc})", what)
+
+
+def read_tasks(client, project_id: int, ids: list[int] | None = None) -> list[dict]:
+    """Tasks of a project ({"id", "data", "meta", "predictions"}), all or those in `ids`, read through the Data
+    Manager with review=true: unlike GET /api/tasks/<id> and a plain task list, that never makes Label Studio
+    run pre-labeling on this backend (with "Use predictions to prelabel tasks" on, it would)."""
+    query = None
+    if ids is not None:
+        items = [{"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": int(i)} for i in ids]
+        query = json.dumps({"filters": {"conjunction": "or", "items": items}})
+
+    def fetch() -> list[dict]:
+        pager = client.tasks.list(project=project_id, fields="all", review=True, query=query, resolve_uri=False)
+        return [{"id": t.id, "data": dict(t.data or {}), "meta": dict(t.meta or {}),
+                 "predictions": list(t.predictions or [])} for t in pager]
+
+    return call(f"project {project_id}", fetch)
+
+
+def read_task(client, project_id: int, task_id: int) -> dict:
+    """One task of a project, read as `read_tasks` does; InputError when the project has no such task."""
+    tasks = [t for t in read_tasks(client, project_id, [task_id]) if t["id"] == task_id]
+    if not tasks:
+        raise InputError(f"project {project_id} has no task {task_id}", f"task {task_id}")
+    return tasks[0]
+
+
+ERROR_FIELD = "backend_error"  # a task data field: the Data Manager shows it as a column
+
+
+def note_task_error(client, project_id: int, task_id: int, feature: str, error: str | None) -> None:
+    """Show why `feature` ("pre-labeling", "depth", "synthesis") failed on a task in its `backend_error` data
+    field, merged into the task's current data; `error` None clears a note of that feature (and only of
+    it). Never raises: the reason is in the log and the job result as well."""
+    try:
+        task = read_task(client, project_id, task_id)
+        data = dict(task["data"])
+        if error is None:
+            if not str(data.get(ERROR_FIELD, "")).startswith(feature):
+                return
+            data.pop(ERROR_FIELD)
+        else:
+            data[ERROR_FIELD] = f"{feature} failed: {error}"
+        call(f"task {task_id}", client.tasks.update, id=task_id, data=data)
+    except BackendError as exc:
+        logger.warning("could not note on task %s why %s failed: %s", task_id, feature, exc)

@@ -1,0 +1,1 @@
+"""Learning from the team: kept annotations, decoder fine-tuning, versions per project."""

@@ -1,0 +1,249 @@
+"""Pre-labeling without clicks: the config's categories -> detector boxes -> segmenter masks.
+
+Used by `predict` when Label Studio asks without an interactive context (batch pre-annotation,
+"Retrieve predictions", auto-annotation on import), by the queue jobs, and by
+
+    python -m backend prelabel --project ID [--limit N]
+
+which pre-labels every task of a project through the API, skips tasks that already have this model
+version's predictions (so a rerun resumes after an interruption), and reports done/skipped/failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+import numpy as np
+
+from backend.core.errors import BackendError, InputError
+from backend.core.label_config import LabelConfig, parse_label_config
+from backend.core.settings import Settings, get_settings
+from backend.core.versions import project_model_version
+from backend.io.images import read_task_image
+from backend.io.ls_client import ERROR_FIELD, call, make_client, note_task_error, read_task, read_tasks
+from backend.prelabel.detector import Detection, get_detector, non_max_suppression
+from backend.segmentation.masks import mask_results
+from backend.segmentation.prompts import Prompt
+from backend.segmentation.service import InteractiveSegmentation, get_segmentation, task_image_url
+
+logger = logging.getLogger(__name__)
+
+
+def category_prompts(config: LabelConfig, settings: Settings, task: dict | None = None) -> list[tuple[str, str]]:
+    """(label, prompt text) pairs: every label of the mask controls, through CATEGORY_ALIASES; plus the
+    task's PROMPT_FIELD text (e.g. a caption) as prompts for the first label."""
+    aliases = settings.aliases
+    pairs, seen = [], set()
+    for control in config.outputs:
+        for label in control.labels:
+            if label in seen:
+                continue
+            seen.add(label)
+            texts = aliases.get(label, label)
+            for text in [texts] if isinstance(texts, str) else texts:
+                pairs.append((label, str(text)))
+    data = (task or {}).get("data") or {}
+    extra = data.get(settings.prompt_field) if settings.prompt_field else None
+    if isinstance(extra, str) and extra.strip() and pairs:
+        label = config.outputs[0].labels[0] if len(config.outputs[0].labels) == 1 else None
+        for text in (t.strip() for t in extra.replace(";", ",").split(",")):
+            if text:
+                pairs.append((label or _closest_label(text, config), text))
+    return pairs
+
+
+def _closest_label(text: str, config: LabelConfig) -> str:
+    """The label named in a free-text prompt ("a red car" -> "Car"), else the first label."""
+    lowered = text.lower()
+    for control in config.outputs:
+        for label in control.labels:
+            if label.lower() in lowered:
+                return label
+    return config.outputs[0].labels[0]
+
+
+def prelabel_task(task: dict, config: LabelConfig, settings: Settings,
+                  service: InteractiveSegmentation | None = None, project_id: str = "") -> dict:
+    """One task's prediction: a mask (brush or polygons) per detected object, labeled and scored."""
+    service = service or get_segmentation()
+    url, task_id = task_image_url(task, config)
+    image = read_task_image(url, settings, task_id)
+    segmenter = service.segmenter_for(project_id)
+    if settings.prelabel_mode == "everything":
+        masks = everything_masks(service, image, settings)
+        control = config.outputs[0]
+        items = [item for mask, score in masks for item in mask_results(mask, score, control, control.labels[0],
+                                                                        settings.polygon_epsilon)]
+        scores = [score for _, score in masks]
+    else:
+        pairs = category_prompts(config, settings, task)
+        if not pairs:
+            raise InputError("the labeling config has no labels to detect", "label_config")
+        pixels = image.pixels(settings)
+        detector = get_detector(settings.detector_model, settings.device)
+        found = detector.detect(pixels, [text for _, text in pairs], settings.detector_threshold)
+        found = non_max_suppression(found)[: settings.max_detections]
+        items, scores = [], []
+        for detection in found:
+            label = pairs[detection.prompt][0]
+            control, label = config.output_for(label)
+            result = service.segment(image, Prompt(box=np.array(detection.box, np.float32)), segmenter)
+            if not result.mask.any():
+                continue
+            score = float(detection.score)
+            items += mask_results(result.mask, score, control, label, settings.polygon_epsilon)
+            scores.append(score)
+        _log_detections(task_id, found, pairs)
+    return {"result": items, "score": float(np.mean(scores)) if scores else 0.0,
+            "model_version": service.version_of(segmenter)}
+
+
+def _log_detections(task_id, found: list[Detection], pairs: list[tuple[str, str]]) -> None:
+    counts: dict[str, int] = {}
+    for detection in found:
+        counts[pairs[detection.prompt][0]] = counts.get(pairs[detection.prompt][0], 0) + 1
+    logger.info("task %s: %s", task_id, ", ".join(f"{n} {label}" for label, n in counts.items()) or "nothing found")
+
+
+def everything_masks(service: InteractiveSegmentation, image, settings: Settings) -> list[tuple[np.ndarray, float]]:
+    """Automatic mask generation (SAM's point grid) for configs without categories to detect."""
+    segmenter = service.engine.get()
+    if not hasattr(segmenter, "model"):
+        raise InputError("PRELABEL_MODE=everything needs a SAM engine, not grabcut", "PRELABEL_MODE")
+    from segment_anything import SamAutomaticMaskGenerator
+
+    generator = SamAutomaticMaskGenerator(segmenter.model, points_per_side=settings.everything_points_per_side,
+                                          pred_iou_thresh=settings.everything_iou_threshold,
+                                          stability_score_thresh=settings.everything_stability_threshold)
+    found = generator.generate(image.pixels(settings))
+    found = sorted(found, key=lambda m: -m["predicted_iou"])[: settings.max_detections]
+    return [(m["segmentation"].astype(bool), float(m["predicted_iou"])) for m in found]
+
+
+def predict_tasks(tasks: list[dict], config: LabelConfig, project_id: str = "") -> list:
+    """Predictions for a batch request, one entry per task in order. A task that fails, or where nothing is
+    found, gets no prediction (an empty list), so Label Studio asks again later instead of storing an empty
+    one; a failure's reason goes to the task's `backend_error` data field (cleared by the next success)
+    and the log."""
+    settings = get_settings()
+    client = optional_client(settings)
+    predictions: list = []
+    for task in tasks:
+        task_id = task.get("id") if isinstance(task, dict) else None
+        error = None
+        try:
+            prediction = prelabel_task(task, config, settings, project_id=project_id)
+        except BackendError as exc:
+            logger.warning("pre-labeling task %s failed: %s", task_id, exc)
+            prediction, error = {"result": []}, str(exc)
+        predictions.append(prediction if prediction["result"] else [])
+        data = task.get("data") if isinstance(task, dict) else None
+        if client and str(project_id).isdigit() and isinstance(task_id, int) and (
+                error or ERROR_FIELD in (data or {})):
+            note_task_error(client, int(project_id), task_id, "pre-labeling", error)
+    return predictions
+
+
+def optional_client(settings: Settings):
+    """The Label Studio client, or None where LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are not set."""
+    return make_client(settings) if settings.label_studio_url and settings.label_studio_api_key else None
+
+
+# ---------------------------------------------------------------- project-wide runs through the API
+def run_prelabel_task(project_id: int, task_id: int, label_config: str) -> dict:
+    """Job: pre-label one task and store the prediction in Label Studio (none when nothing is found); a
+    failure is also shown in the task's `backend_error` field."""
+    settings = get_settings()
+    client = make_client(settings)
+    config = parse_label_config(label_config)
+    task = read_task(client, project_id, task_id)
+    try:
+        prediction = prelabel_task(task, config, settings, project_id=str(project_id))
+    except BackendError as exc:
+        note_task_error(client, project_id, task_id, "pre-labeling", str(exc))
+        raise
+    if ERROR_FIELD in task["data"]:
+        note_task_error(client, project_id, task_id, "pre-labeling", None)
+    if not prediction["result"]:
+        return {"task": task_id, "status": "empty", "regions": 0}
+    call(f"task {task_id}", client.predictions.create, task=task_id, result=prediction["result"],
+         score=prediction["score"], model_version=prediction["model_version"])
+    return {"task": task_id, "status": "done", "regions": len(prediction["result"])}
+
+
+def tasks_to_do(client, project_id: int, model_version: str) -> tuple[list[int], list[int]]:
+    """(task ids without a non-empty prediction of `model_version`, ids that have one)."""
+    done = {p.task for p in call(f"project {project_id}", client.predictions.list, project=project_id)
+            if p.model_version == model_version and p.result}
+    todo = [t["id"] for t in read_tasks(client, project_id) if t["id"] not in done]
+    return todo, sorted(done)
+
+
+def run_project(project_id: int, model_version: str, limit: int | None = None, progress=None,
+                deadline: float | None = None) -> dict:
+    """Pre-label a project: one queue job per task (RQ workers share the work), polled to the end or to
+    `deadline` seconds (JOB_TIMEOUT), after which the tasks still pending count as failed."""
+    from backend.core.jobs import get_queue
+
+    settings = get_settings()
+    deadline = settings.job_timeout if deadline is None else deadline
+    client = make_client(settings)
+    label_config = call(f"project {project_id}", client.projects.get, id=project_id).label_config
+    todo, done = tasks_to_do(client, project_id, model_version)
+    todo = todo[:limit] if limit else todo
+    report: dict = {"project": project_id, "model_version": model_version, "done": 0, "empty": 0,
+                    "skipped": len(done), "failed": 0, "errors": {}}
+    queue = get_queue()
+    jobs = {queue.enqueue("backend.prelabel.run.run_prelabel_task", project_id, task_id, label_config):
+            task_id for task_id in todo}
+    started = time.perf_counter()
+    pending, pause = dict(jobs), 0.2
+    while pending and time.perf_counter() - started < deadline:
+        for job_id in list(pending):
+            status = queue.status(job_id)
+            if status["status"] in ("finished", "failed", "unknown", "stopped", "canceled"):
+                task_id = pending.pop(job_id)
+                outcome = (status.get("result") or {}).get("status") if status["status"] == "finished" else None
+                if outcome == "empty":
+                    report["empty"] += 1
+                elif status["status"] == "finished":
+                    report["done"] += 1
+                else:
+                    report["failed"] += 1
+                    report["errors"][str(task_id)] = status.get("error") or status["status"]
+                if progress:
+                    progress(len(jobs) - len(pending), len(jobs))
+        if pending:
+            time.sleep(min(pause, max(0.0, deadline - (time.perf_counter() - started))))
+            pause = min(pause * 1.5, 2.0)  # long runs poll every 2 s
+    for job_id, task_id in pending.items():
+        report["failed"] += 1
+        report["errors"][str(task_id)] = f"job {job_id}: no answer within {deadline:g} s (JOB_TIMEOUT)"
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    parser = argparse.ArgumentParser(prog="python -m backend prelabel", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project", type=int, required=True)
+    parser.add_argument("--limit", type=int, help="at most N tasks this run")
+    parser.add_argument("--model-version", help="default: the backend's current model version")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    version = args.model_version or project_model_version(get_settings(), args.project)
+    bar = tqdm(unit="task", desc=f"pre-labeling project {args.project}")
+
+    def progress(finished: int, total: int) -> None:
+        bar.total = total
+        bar.n = finished
+        bar.refresh()
+
+    report = run_project(args.project, version, args.limit, progress)
+    bar.close()
+    print(json.dumps(report, indent=2))
+    return 1 if report["failed"] else 0

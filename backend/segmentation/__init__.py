@@ -1,0 +1,1 @@
+"""Segmentation engines behind one interface, their registry, embedding cache, prompts and masks."""

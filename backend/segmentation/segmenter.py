@@ -1,0 +1,47 @@
+"""The interface every segmentation engine offers: embed an image once, decode many prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from backend.segmentation.prompts import Prompt
+
+
+@dataclass
+class Embedding:
+    """What the image encoder leaves for the decoder, plus the sizes that map prompts onto it."""
+
+    features: np.ndarray  # engine specific: SAM image features, or the (downscaled) image for GrabCut
+    original_size: tuple[int, int]  # (height, width) of the image as displayed
+    input_size: tuple[int, int]  # (height, width) the encoder saw, before padding
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.features.nbytes)
+
+
+@dataclass
+class MaskResult:
+    """One mask at the original image size, the model's confidence, and its low-res logits (if any)."""
+
+    mask: np.ndarray  # (height, width) bool
+    score: float
+    low_res_logits: np.ndarray | None = None  # (1, 256, 256) for SAM: the next click's mask prompt
+
+
+class Segmenter(Protocol):
+    name: str  # engine name, e.g. "vit_t"
+    fingerprint: str  # identifies the encoder weights: embeddings are cached under it
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        """Run the image encoder on an HxWx3 uint8 RGB image."""
+        ...
+
+    def decode(
+        self, embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None
+    ) -> MaskResult:
+        """The best mask for `prompt` (pixels of the original image)."""
+        ...

@@ -1,0 +1,1 @@
+"""The HTTP contract of Label Studio ML backends: protocol, the model-class base, job routes, metrics."""

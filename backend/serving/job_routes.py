@@ -1,0 +1,43 @@
+"""Routes beyond the label-studio-ml contract: queue depth jobs, and read any job's status."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask, jsonify, request
+
+from backend.core.errors import InputError
+from backend.core.jobs import get_queue
+from backend.core.label_config import DATA_KEY
+
+JOB_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # ours are 12 hex digits, RQ's are UUIDs
+
+
+def _ids(value: object, where: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise InputError("must be a list of integer ids", where)
+    return value
+
+
+def register(app: Flask) -> None:
+    @app.post("/depth")
+    def depth():
+        """{"project": 3}, optionally "tasks": [17, 18], "image_key", "force": queue a depth job."""
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or "project" not in body:
+            raise InputError('send {"project": ID} or {"project": ID, "tasks": [ID, ...]}', "/depth")
+        image_key, force = body.get("image_key", "image"), bool(body.get("force", False))
+        if not isinstance(image_key, str) or not DATA_KEY.match(image_key):
+            raise InputError("'image_key' must be a task data field name (letters, digits, '_', '-')", "/depth")
+        [project] = _ids([body["project"]], "/depth project")
+        tasks = _ids(body["tasks"], "/depth tasks") if "tasks" in body else None
+        queue = get_queue()
+        jobs = [queue.enqueue("backend.depth.estimate.run_depth_project", project, image_key, force, None, tasks)]
+        return jsonify({"jobs": jobs, "queue": queue.kind}), 202
+
+    @app.get("/jobs/<job_id>")
+    def job(job_id: str):
+        if not JOB_ID.match(job_id):
+            raise InputError("not a job id", "/jobs")
+        status = get_queue().status(job_id)
+        return jsonify(status), 404 if status["status"] == "unknown" else 200

@@ -1,0 +1,1 @@
+"""Synthetic labeled samples by diffusion inpainting."""
