@@ -11,6 +11,7 @@ from backend.core.settings import get_settings
 from backend.core.versions import ModelVersions, model_version, project_model_version
 from backend.learning.annotations import AnnotationStore
 from backend.prelabel.run import predict_tasks
+from backend.segmentation.registry import TRAINABLE_DECODER, engine_spec
 from backend.segmentation.service import get_segmentation
 from backend.serving.ml_base import LabelStudioMLBase
 from backend.synthesis.generate import is_generation_annotation
@@ -61,7 +62,7 @@ class SamBackend(LabelStudioMLBase):
             due = settings.train_every > 0 and store.claim_training(self.project_id, settings.train_every)
         else:  # START_TRAINING (the "Start training" button)
             due = store.claim_training(self.project_id, 0)
-        if due and settings.sam_engine != "grabcut":
+        if due and engine_spec(settings.sam_engine).can(TRAINABLE_DECODER):
             response["job"] = get_queue().enqueue("backend.learning.training.train_project", self.project_id)
         return response
 

@@ -9,7 +9,7 @@ from backend.core.label_config import parse_label_config
 from backend.core.settings import Settings
 from backend.segmentation.embedding_cache import DiskStore, MemoryCache, deserialize, make_cache, serialize
 from backend.segmentation.segmenter import Embedding
-from backend.segmentation.service import InteractiveSegmentation
+from backend.segmentation.service import SegmentationService
 from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, free_port, keypoint, predict_body, sam_env
 
 CONFIG = parse_label_config(LABEL_CONFIG)
@@ -39,7 +39,7 @@ def test_memory_cache_is_bounded_lru():
     assert cache.get("huge") is None and cache.get("a") is not None
 
 
-def count_encoder_calls(service: InteractiveSegmentation) -> list:
+def count_encoder_calls(service: SegmentationService) -> list:
     calls = []
     segmenter = service.engine.get()
     original = segmenter.embed
@@ -69,7 +69,7 @@ def tiny_settings(tmp_path, tiny_checkpoints, **extra) -> Settings:
 
 
 def test_repeated_clicks_run_the_encoder_once(tmp_path, tiny_checkpoints, image_url):
-    service = InteractiveSegmentation(tiny_settings(tmp_path, tiny_checkpoints))
+    service = SegmentationService(tiny_settings(tmp_path, tiny_checkpoints))
     calls = count_encoder_calls(service)
     for x in (40, 42, 45):
         service.predict(task(image_url), {"result": [keypoint(x, 50)]}, CONFIG)
@@ -80,7 +80,7 @@ def test_repeated_clicks_run_the_encoder_once(tmp_path, tiny_checkpoints, image_
 
 
 def test_concurrent_first_clicks_share_one_encoder_run(tmp_path, tiny_checkpoints, image_url):
-    service = InteractiveSegmentation(tiny_settings(tmp_path, tiny_checkpoints))
+    service = SegmentationService(tiny_settings(tmp_path, tiny_checkpoints))
     calls = count_encoder_calls(service)
     threads = [threading.Thread(target=service.predict, args=(task(image_url), {"result": [keypoint(40, 50)]},
                                                                 CONFIG)) for _ in range(4)]
@@ -93,7 +93,7 @@ def test_concurrent_first_clicks_share_one_encoder_run(tmp_path, tiny_checkpoint
 
 def test_redis_cache_is_shared_between_workers(tmp_path, tiny_checkpoints, image_url, redis_url):
     settings = tiny_settings(tmp_path, tiny_checkpoints, redis_url=redis_url)
-    first, second = InteractiveSegmentation(settings), InteractiveSegmentation(settings)  # two worker processes
+    first, second = SegmentationService(settings), SegmentationService(settings)  # two worker processes
     first_calls, second_calls = count_encoder_calls(first), count_encoder_calls(second)
     a = first.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     b = second.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
@@ -115,7 +115,7 @@ def test_redis_cache_round_trip_and_expiry(redis_url):
 
 def test_unreachable_redis_still_serves(tmp_path, tiny_checkpoints, image_url, caplog):
     settings = tiny_settings(tmp_path, tiny_checkpoints, redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    service = InteractiveSegmentation(settings)
+    service = SegmentationService(settings)
     prediction = service.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     assert prediction["result"][0]["value"]["rle"]
     assert service.cache.stats()["errors"] >= 1
@@ -147,17 +147,17 @@ def test_imported_tasks_are_embedded_before_the_first_click(configure, tiny_chec
 def test_without_redis_workers_share_embeddings_on_disk_and_keep_them_across_restarts(
         tmp_path, tiny_checkpoints, image_url):
     settings = tiny_settings(tmp_path, tiny_checkpoints)
-    first = InteractiveSegmentation(settings)
+    first = SegmentationService(settings)
     first_calls = count_encoder_calls(first)
     a = first.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     assert len(list((tmp_path / "embeddings").glob("*.emb"))) == 1
-    restarted = InteractiveSegmentation(settings)  # another worker, or the same one after a restart
+    restarted = SegmentationService(settings)  # another worker, or the same one after a restart
     restarted_calls = count_encoder_calls(restarted)
     b = restarted.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     assert len(first_calls) == 1 and len(restarted_calls) == 0
     assert a["result"][0]["value"]["rle"] == b["result"][0]["value"]["rle"]
     assert restarted.cache.stats()["kind"] == "disk" and restarted.cache.stats()["hits"] == 1
-    off = InteractiveSegmentation(tiny_settings(tmp_path / "off", tiny_checkpoints, embedding_disk_mb=0))
+    off = SegmentationService(tiny_settings(tmp_path / "off", tiny_checkpoints, embedding_disk_mb=0))
     off.predict(task(image_url), {"result": [keypoint(40, 50)]}, CONFIG)
     assert off.cache.stats()["kind"] == "memory" and not (tmp_path / "off" / "embeddings").exists()
 

@@ -4,7 +4,7 @@
         [--engine grabcut|vit_t|vit_b|...] [--checkpoint PATH] [--limit N] [--json out.json] [--plot out.png]
 
 Every click is a Label Studio context item (percent coordinates) that goes through prompt parsing,
-the engine, and the brush RLE encoding of `InteractiveSegmentation.predict`; the mask scored is the
+the engine, and the brush RLE encoding of `SegmentationService.predict`; the mask scored is the
 RLE decoded back. So a regression anywhere in the service shows up as a worse score.
 """
 
@@ -26,7 +26,7 @@ from backend.core.label_config import parse_label_config
 from backend.core.settings import Settings
 from backend.evaluation.clicks import keypoint_item, mask_iou, next_click, rectangle_item
 from backend.segmentation.masks import bounding_box, rle_to_mask
-from backend.segmentation.service import InteractiveSegmentation
+from backend.segmentation.service import SegmentationService
 
 LABEL_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -79,10 +79,10 @@ def read_truth(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 class Evaluator:
-    """Runs the click protocol on one engine through `InteractiveSegmentation.predict`."""
+    """Runs the click protocol on one engine through `SegmentationService.predict`."""
 
     def __init__(self, settings: Settings, max_clicks: int = 20, stop_iou: float = max(THRESHOLDS)):
-        self.service = InteractiveSegmentation(settings)
+        self.service = SegmentationService(settings)
         self.config = parse_label_config(LABEL_CONFIG)
         self.max_clicks = max_clicks
         self.stop_iou = stop_iou

@@ -36,6 +36,7 @@ from backend.io.images import read_task_image
 from backend.learning.annotations import AnnotationStore, StoredAnnotation
 from backend.segmentation.masks import bounding_box, region_mask
 from backend.segmentation.prompts import Prompt
+from backend.segmentation.registry import TRAINABLE_DECODER
 from backend.segmentation.sam import features_tensor
 from backend.segmentation.segmenter import Embedding
 
@@ -239,7 +240,7 @@ def train_project(project_id: str, config: TrainingConfig | None = None, setting
     config = config or TrainingConfig(epochs=settings.train_epochs)
     service = get_segmentation()
     segmenter = service.engine.get()
-    if not hasattr(segmenter, "with_decoder"):
+    if not service.engine.spec().can(TRAINABLE_DECODER):
         return {"project": project_id, "status": "skipped", "reason": f"{settings.sam_engine} has no trainable decoder"}
     versions = ModelVersions(settings.model_dir, project_id)
     try:

@@ -27,7 +27,8 @@ from backend.io.ls_client import ERROR_FIELD, call, make_client, note_task_error
 from backend.prelabel.detector import Detection, get_detector, non_max_suppression
 from backend.segmentation.masks import mask_results
 from backend.segmentation.prompts import Prompt
-from backend.segmentation.service import InteractiveSegmentation, get_segmentation, task_image_url
+from backend.segmentation.registry import EVERYTHING
+from backend.segmentation.service import SegmentationService, get_segmentation, task_image_url
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _closest_label(text: str, config: LabelConfig) -> str:
 
 
 def prelabel_task(task: dict, config: LabelConfig, settings: Settings,
-                  service: InteractiveSegmentation | None = None, project_id: str = "") -> dict:
+                  service: SegmentationService | None = None, project_id: str = "") -> dict:
     """One task's prediction: a mask (brush or polygons) per detected object, labeled and scored."""
     service = service or get_segmentation()
     url, task_id = task_image_url(task, config)
@@ -108,11 +109,12 @@ def _log_detections(task_id, found: list[Detection], pairs: list[tuple[str, str]
     logger.info("task %s: %s", task_id, ", ".join(f"{n} {label}" for label, n in counts.items()) or "nothing found")
 
 
-def everything_masks(service: InteractiveSegmentation, image, settings: Settings) -> list[tuple[np.ndarray, float]]:
+def everything_masks(service: SegmentationService, image, settings: Settings) -> list[tuple[np.ndarray, float]]:
     """Automatic mask generation (SAM's point grid) for configs without categories to detect."""
     segmenter = service.engine.get()
-    if not hasattr(segmenter, "model"):
-        raise InputError("PRELABEL_MODE=everything needs a SAM engine, not grabcut", "PRELABEL_MODE")
+    if not service.engine.spec().can(EVERYTHING):
+        raise InputError(f"PRELABEL_MODE=everything needs a SAM engine; SAM_ENGINE={settings.sam_engine} cannot "
+                         "segment everything", "PRELABEL_MODE")
     from segment_anything import SamAutomaticMaskGenerator
 
     generator = SamAutomaticMaskGenerator(segmenter.model, points_per_side=settings.everything_points_per_side,

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,13 +91,13 @@ SAM_ARCHITECTURES: dict[str, ViTArch | TinyViTArch] = {
     "vit_b": ViTArch(768, 12, 12, (2, 5, 8, 11)),
     "vit_t": TinyViTArch(),
 }
-ENGINES = (*SAM_ARCHITECTURES, "grabcut")
 
 
 def sam_architecture(engine: str, overrides: dict | None = None) -> ViTArch | TinyViTArch:
     """The architecture of `engine`, with sizes replaced by `overrides` (lists become tuples)."""
     if engine not in SAM_ARCHITECTURES:
-        raise ModelUnavailableError(f"unknown SAM_ENGINE {engine!r}; choose one of {list(ENGINES)}", "settings")
+        raise ModelUnavailableError(f"{engine!r} is not a SAM architecture; choose one of {list(SAM_ARCHITECTURES)}",
+                                    "SAM_ENGINE")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in (overrides or {}).items()}
     try:
         return replace(SAM_ARCHITECTURES[engine], **overrides)
@@ -187,16 +188,54 @@ def load_sam(settings: Settings) -> Sam:
     return model
 
 
-def load_segmenter(settings: Settings) -> Segmenter:
-    """The configured engine, ready to embed and decode."""
-    if settings.sam_engine == "grabcut":
-        from backend.segmentation.grabcut import GrabCutSegmenter
+# ---------------------------------------------------------------- the engine table
+CLICKS, BOX, MULTIMASK, EVERYTHING = "clicks", "box", "multimask", "everything"
+TRAINABLE_DECODER, FAST_DECODER = "trainable_decoder", "fast_decoder"
 
-        return GrabCutSegmenter()
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One row of the engine table: what an engine can do and how it loads (SAM_ENGINE=<name>)."""
+
+    name: str
+    load: Callable[[Settings], Segmenter]
+    capabilities: frozenset[str]
+    needs_checkpoint: bool = True
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+def _load_sam(settings: Settings) -> Segmenter:
     from backend.segmentation.sam import SamSegmenter
 
     return SamSegmenter(load_sam(settings), settings.sam_engine, resolve_device(settings.device),
                         float16_features=settings.embedding_float16)
+
+
+def _load_grabcut(settings: Settings) -> Segmenter:
+    from backend.segmentation.grabcut import GrabCutSegmenter
+
+    return GrabCutSegmenter()
+
+
+_SAM = frozenset({CLICKS, BOX, MULTIMASK, EVERYTHING, TRAINABLE_DECODER, FAST_DECODER})
+ENGINES: dict[str, EngineSpec] = {
+    **{name: EngineSpec(name, _load_sam, _SAM) for name in SAM_ARCHITECTURES},
+    "grabcut": EngineSpec("grabcut", _load_grabcut, frozenset({CLICKS, BOX}), needs_checkpoint=False),
+}
+
+
+def engine_spec(name: str) -> EngineSpec:
+    """The table row of SAM_ENGINE=`name`; ModelUnavailableError naming the choices for an unknown one."""
+    if name not in ENGINES:
+        raise ModelUnavailableError(f"unknown SAM_ENGINE {name!r}; choose one of {list(ENGINES)}", "SAM_ENGINE")
+    return ENGINES[name]
+
+
+def load_segmenter(settings: Settings) -> Segmenter:
+    """The configured engine, ready to embed and decode."""
+    return engine_spec(settings.sam_engine).load(settings)
 
 
 class SegmenterHolder:
@@ -209,6 +248,12 @@ class SegmenterHolder:
     def get(self) -> Segmenter:
         return self._cache.get()
 
+    def _needs_checkpoint(self) -> bool:
+        return self.settings.sam_engine not in ENGINES or engine_spec(self.settings.sam_engine).needs_checkpoint
+
+    def spec(self) -> EngineSpec:
+        return engine_spec(self.settings.sam_engine)
+
     def status(self) -> dict:
         """For /health: loaded, loading (or downloading), or what is missing."""
         segmenter = self._cache.loaded()
@@ -219,6 +264,6 @@ class SegmenterHolder:
         problem, error = None, self._cache.failure()
         if error is not None:
             problem = str(error)
-        elif self.settings.sam_engine != "grabcut" and not self.settings.checkpoint_path.is_file():
+        elif self._needs_checkpoint() and not self.settings.checkpoint_path.is_file():
             problem = missing_checkpoint_message(self.settings)
         return {"engine": self.settings.sam_engine, "loaded": False, "problem": problem}

@@ -20,7 +20,7 @@ from backend.io.images import TaskImage, read_task_image
 from backend.segmentation.embedding_cache import EmbeddingCache, cache_key, make_cache
 from backend.segmentation.masks import mask_results
 from backend.segmentation.prompts import ContextPrompt, Prompt, parse_context
-from backend.segmentation.registry import SegmenterHolder
+from backend.segmentation.registry import TRAINABLE_DECODER, SegmenterHolder
 from backend.segmentation.segmenter import Embedding, MaskResult, Segmenter
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def task_image_url(task: object, config: LabelConfig) -> tuple[str, int | None]:
     return data[config.image_key], task_id
 
 
-class InteractiveSegmentation:
+class SegmentationService:
     """Embeds each image once (cache), decodes every prompt, encodes the mask as the config asks."""
 
     def __init__(self, settings: Settings, cache: EmbeddingCache | None = None):
@@ -71,7 +71,7 @@ class InteractiveSegmentation:
     def segmenter_for(self, project_id: str = "") -> Segmenter:
         """The project's active fine-tuned segmenter (see `fit`), else the base engine."""
         base = self.engine.get()
-        if not str(project_id).isdigit() or not hasattr(base, "with_decoder"):
+        if not str(project_id).isdigit() or not self.engine.spec().can(TRAINABLE_DECODER):
             return base
         versions = ModelVersions(self.settings.model_dir, project_id)
         active = versions.active()
@@ -149,18 +149,18 @@ def precompute_embeddings(urls: list[str]) -> dict:
     return {"embedded": done, "failed": failed}
 
 
-_instance: InteractiveSegmentation | None = None
+_instance: SegmentationService | None = None
 _instance_lock = threading.Lock()
 
 
-def get_segmentation() -> InteractiveSegmentation:
+def get_segmentation() -> SegmentationService:
     """The process-wide service (engine + cache), made on first use from the current settings."""
     global _instance
     with _instance_lock:
         if _instance is None:
             from backend.core.settings import get_settings
 
-            _instance = InteractiveSegmentation(get_settings())
+            _instance = SegmentationService(get_settings())
         return _instance
 
 
