@@ -184,3 +184,27 @@ def test_disk_store_drops_an_unreadable_file_and_misses(tmp_path, caplog):
     assert store.stats()["errors"] == 1 and "unusable" in caplog.text
     store.put("k", embedding(value=2.0))
     assert store.get("k").features[0] == 2.0
+
+
+def test_an_embedding_is_a_set_of_named_arrays_stored_without_pickle():
+    """SAM 2 keeps high-resolution maps beside the image embedding: every named array survives the caches,
+    each in its own dtype; a blob of another format (or a lying header) is refused, so stores drop it."""
+    import json
+    import struct
+
+    original = Embedding(np.random.rand(1, 256, 8, 8).astype(np.float16), (480, 640), (768, 1024),
+                         extra={"high_res_0": np.random.rand(1, 32, 32, 32).astype(np.float32),
+                                "high_res_1": np.arange(6, dtype=np.int64).reshape(2, 3)})
+    blob = serialize(original)
+    restored = deserialize(blob)
+    assert list(restored.arrays) == ["features", "high_res_0", "high_res_1"]
+    for name, array in original.arrays.items():
+        assert restored.arrays[name].dtype == array.dtype and np.array_equal(restored.arrays[name], array)
+    assert restored.nbytes == original.nbytes == sum(a.nbytes for a in original.arrays.values())
+    (length,) = struct.unpack_from("<I", blob)
+    assert b"pickle" not in blob[: 4 + length] and json.loads(blob[4 : 4 + length])["format"] == 2
+    with pytest.raises(ValueError, match="describes"):
+        deserialize(blob[:-8])
+    old = json.dumps({"dtype": "<f4", "shape": [2], "original_size": [1, 1], "input_size": [1, 1]}).encode()
+    with pytest.raises(ValueError, match="format"):
+        deserialize(struct.pack("<I", len(old)) + old + np.zeros(2, np.float32).tobytes())

@@ -27,29 +27,40 @@ def cache_key(fingerprint: str, image_key: str) -> str:
     return f"sam:emb:{fingerprint}:{image_key}"
 
 
+FORMAT = 2  # named arrays; a blob of another format is unusable (deleted and recomputed by the stores)
+
+
 def serialize(embedding: Embedding) -> bytes:
-    features = np.ascontiguousarray(embedding.features)
-    header = json.dumps(
-        {
-            "dtype": features.dtype.str,
-            "shape": list(features.shape),
-            "original_size": list(embedding.original_size),
-            "input_size": list(embedding.input_size),
-        }
-    ).encode()
-    return struct.pack("<I", len(header)) + header + features.tobytes()
+    """A JSON header (format, sizes, each array's name, dtype and shape) and the arrays' raw bytes: no pickle."""
+    arrays = {name: np.ascontiguousarray(array) for name, array in embedding.arrays.items()}
+    header = json.dumps({
+        "format": FORMAT,
+        "original_size": list(embedding.original_size),
+        "input_size": list(embedding.input_size),
+        "arrays": [{"name": name, "dtype": array.dtype.str, "shape": list(array.shape)}
+                   for name, array in arrays.items()],
+    }).encode()
+    return b"".join([struct.pack("<I", len(header)), header, *(array.tobytes() for array in arrays.values())])
 
 
 def deserialize(blob: bytes) -> Embedding:
     (length,) = struct.unpack_from("<I", blob)
     header = json.loads(blob[4 : 4 + length])
+    if header.get("format") != FORMAT:
+        raise ValueError(f"embedding format {header.get('format')!r}, expected {FORMAT}")
     payload = bytearray(blob[4 + length :])  # writable: torch refuses read-only buffers
-    features = np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"])
-    return Embedding(
-        features=features,
-        original_size=tuple(header["original_size"]),
-        input_size=tuple(header["input_size"]),
-    )
+    specs = [(spec["name"], np.dtype(spec["dtype"]), spec["shape"], int(np.prod(spec["shape"], dtype=np.int64)))
+             for spec in header["arrays"]]
+    described = sum(count * dtype.itemsize for _, dtype, _, count in specs)
+    if described != len(payload):
+        raise ValueError(f"embedding payload of {len(payload)} bytes, the header describes {described}")
+    arrays, offset = {}, 0
+    for name, dtype, shape, count in specs:
+        arrays[name] = np.frombuffer(payload, dtype=dtype, count=count, offset=offset).reshape(shape)
+        offset += count * dtype.itemsize
+    features = arrays.pop("features")
+    return Embedding(features=features, original_size=tuple(header["original_size"]),
+                     input_size=tuple(header["input_size"]), extra=arrays)
 
 
 class EmbeddingCache(Protocol):

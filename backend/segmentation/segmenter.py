@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -12,15 +12,22 @@ from backend.segmentation.prompts import Prompt
 
 @dataclass
 class Embedding:
-    """What the image encoder leaves for the decoder, plus the sizes that map prompts onto it."""
+    """What the image encoder leaves for the decoder (a set of named arrays), plus the sizes that map prompts
+    onto it."""
 
     features: np.ndarray  # engine specific: SAM image features, or the (downscaled) image for GrabCut
     original_size: tuple[int, int]  # (height, width) of the image as displayed
     input_size: tuple[int, int]  # (height, width) the encoder saw, before padding
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # more named arrays (e.g. SAM 2's high-res maps)
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array, by name ("features" first): what the caches store."""
+        return {"features": self.features, **self.extra}
 
     @property
     def nbytes(self) -> int:
-        return int(self.features.nbytes)
+        return int(sum(array.nbytes for array in self.arrays.values()))
 
 
 @dataclass
