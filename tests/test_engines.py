@@ -237,6 +237,7 @@ def test_the_engine_table_says_what_each_engine_can_do(tmp_path):
         engine_spec("sam9")
     assert load_segmenter(Settings(sam_engine="grabcut", model_dir=str(tmp_path))).name == "grabcut"
     holder = SegmenterHolder(Settings(sam_engine="sam9", model_dir=str(tmp_path)))
+    assert "unknown SAM_ENGINE 'sam9'" in holder.status()["problem"]  # before any load, not "checkpoint missing"
     with pytest.raises(ModelUnavailableError, match="unknown SAM_ENGINE"):
         holder.get()
     assert "unknown SAM_ENGINE" in holder.status()["problem"]

@@ -248,9 +248,6 @@ class SegmenterHolder:
     def get(self) -> Segmenter:
         return self._cache.get()
 
-    def _needs_checkpoint(self) -> bool:
-        return self.settings.sam_engine not in ENGINES or engine_spec(self.settings.sam_engine).needs_checkpoint
-
     def spec(self) -> EngineSpec:
         return engine_spec(self.settings.sam_engine)
 
@@ -262,8 +259,11 @@ class SegmenterHolder:
         if self._cache.loading():
             return {"engine": self.settings.sam_engine, "loaded": False, "loading": True}
         problem, error = None, self._cache.failure()
+        if error is None and self.settings.sam_engine not in ENGINES:
+            error = ModelUnavailableError(f"unknown SAM_ENGINE {self.settings.sam_engine!r}; choose one of "
+                                          f"{list(ENGINES)}", "SAM_ENGINE")
         if error is not None:
             problem = str(error)
-        elif self._needs_checkpoint() and not self.settings.checkpoint_path.is_file():
+        elif self.spec().needs_checkpoint and not self.settings.checkpoint_path.is_file():
             problem = missing_checkpoint_message(self.settings)
         return {"engine": self.settings.sam_engine, "loaded": False, "problem": problem}
