@@ -1,6 +1,6 @@
 """Depth Anything depth maps stored as task data: `depth` (colour preview URL), `depth_raw`, `depth_meta`.
 
-    python -m backend.depth --project 3 [--task 17 ...] [--force]
+    python -m backend depth --project 3 [--task 17 ...] [--force]
 
 Relative models give a 16-bit PNG (inverse relative depth, min..max of the map stretched to 0..65535;
 `depth_meta` holds min/max); metric models (the Metric-Indoor/Outdoor variants) give a float32 .npy in
