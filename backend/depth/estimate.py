@@ -26,7 +26,7 @@ from backend.core.model_cache import ModelCache
 from backend.core.pretrained import from_pretrained, resolve_device
 from backend.core.settings import Settings, get_settings
 from backend.io.images import read_task_image
-from backend.io.ls_client import ERROR_FIELD, call, make_client, note_task_error, read_task, read_tasks
+from backend.io.ls_client import call, make_client, note_task_error, read_task, read_tasks, without_note
 from backend.io.storage import LocalStorage, S3Storage, make_storage
 
 logger = logging.getLogger(__name__)
@@ -141,9 +141,7 @@ def run_depth_task(project_id: int, task_id: int, image_key: str = "image", forc
         raise
     if fields is None:
         return {"task": task_id, "status": "skipped", "reason": "already has depth"}
-    current = read_task(client, project_id, task_id)["data"]  # merge into the freshest data
-    if str(current.get(ERROR_FIELD, "")).startswith("depth"):
-        current.pop(ERROR_FIELD)
+    current = without_note(read_task(client, project_id, task_id)["data"], "depth")  # the freshest data
     call(f"task {task_id}", client.tasks.update, id=task_id, data={**current, **fields})
     return {"task": task_id, "status": "done", "depth": fields["depth"]}
 

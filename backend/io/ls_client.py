@@ -66,19 +66,25 @@ def read_task(client, project_id: int, task_id: int) -> dict:
 ERROR_FIELD = "backend_error"  # a task data field: the Data Manager shows it as a column
 
 
+def without_note(data: dict, feature: str) -> dict:
+    """Task data without `feature`'s `backend_error` note (a note of another feature stays)."""
+    if str(data.get(ERROR_FIELD, "")).startswith(feature):
+        return {key: value for key, value in data.items() if key != ERROR_FIELD}
+    return data
+
+
 def note_task_error(client, project_id: int, task_id: int, feature: str, error: str | None) -> None:
     """Show why `feature` ("pre-labeling", "depth", "synthesis") failed on a task in its `backend_error` data
     field, merged into the task's current data; `error` None clears a note of that feature (and only of
     it). Never raises: the reason is in the log and the job result as well."""
     try:
         task = read_task(client, project_id, task_id)
-        data = dict(task["data"])
         if error is None:
-            if not str(data.get(ERROR_FIELD, "")).startswith(feature):
+            data = without_note(task["data"], feature)
+            if data is task["data"]:
                 return
-            data.pop(ERROR_FIELD)
         else:
-            data[ERROR_FIELD] = f"{feature} failed: {error}"
+            data = {**task["data"], ERROR_FIELD: f"{feature} failed: {error}"}
         call(f"task {task_id}", client.tasks.update, id=task_id, data=data)
     except BackendError as exc:
         logger.warning("could not note on task %s why %s failed: %s", task_id, feature, exc)

@@ -259,11 +259,12 @@ class SegmenterHolder:
         if self._cache.loading():
             return {"engine": self.settings.sam_engine, "loaded": False, "loading": True}
         problem, error = None, self._cache.failure()
-        if error is None and self.settings.sam_engine not in ENGINES:
-            error = ModelUnavailableError(f"unknown SAM_ENGINE {self.settings.sam_engine!r}; choose one of "
-                                          f"{list(ENGINES)}", "SAM_ENGINE")
+        try:
+            spec = self.spec()
+        except ModelUnavailableError as unknown:  # an unknown SAM_ENGINE, before any load
+            error = error or unknown
         if error is not None:
             problem = str(error)
-        elif self.spec().needs_checkpoint and not self.settings.checkpoint_path.is_file():
+        elif spec.needs_checkpoint and not self.settings.checkpoint_path.is_file():
             problem = missing_checkpoint_message(self.settings)
         return {"engine": self.settings.sam_engine, "loaded": False, "problem": problem}
