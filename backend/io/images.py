@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:")
 _LABEL_STUDIO_PREFIXES = ("/data/", "data/upload", "/upload", "upload/", "/storage-data/", *_CLOUD_PREFIXES)
-DECODE_BYTES_PER_PIXEL = 16  # measured peak of PIL decode + RGB conversion + numpy copy (bench-free: see README)
+DECODE_BYTES_PER_PIXEL = 16  # peak seen for PIL decode + RGB conversion + numpy copy (14 B/px at 36 MP)
 
 
 @dataclass(frozen=True)
