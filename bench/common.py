@@ -41,6 +41,48 @@ def random_checkpoint(engine: str, folder: Path) -> Path:
     return path
 
 
+def _sam2_config(size: str):
+    from transformers import Sam2Config
+    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+
+    if size == "hiera-tiny":
+        return Sam2Config()  # transformers' default is SAM 2.1 Hiera tiny
+    backbone = Sam2HieraDetConfig(  # SAM 2.1 Hiera base-plus (sam2.1_hiera_b+.yaml)
+        hidden_size=112, num_attention_heads=2, blocks_per_stage=[2, 3, 16, 3],
+        embed_dim_per_stage=[112, 224, 448, 896], num_attention_heads_per_stage=[2, 4, 8, 16],
+        global_attention_blocks=[12, 16, 20], window_positional_embedding_background_size=[14, 14])
+    return Sam2Config(vision_config=Sam2VisionConfig(backbone_config=backbone,
+                                                     backbone_channel_list=[896, 448, 224, 112]))
+
+
+def _sam_hq_config(size: str):
+    from transformers import SamHQConfig
+
+    return SamHQConfig()  # transformers' default is SAM-HQ ViT-B
+
+
+TRANSFORMERS_SIZES = {"sam2": (_sam2_config, "hiera-tiny"), "sam_hq": (_sam_hq_config, "vit-base")}
+
+
+def transformers_checkpoint(family: str, size: str, folder: Path) -> Path:
+    """A real-size SAM 2.1 / SAM-HQ with random weights, saved with save_pretrained. The mask upscalers'
+    transposed-convolution taps are tied (as in `region_mask_checkpoint`), so masks are regions, not a
+    4-px checkerboard whose run count would make the brush RLE encoder the bottleneck."""
+    from transformers import AutoModel
+
+    target = folder / f"random-{family}-{size}"
+    if target.exists():
+        return target
+    torch.manual_seed(0)
+    config = TRANSFORMERS_SIZES[family][0](size)
+    model = AutoModel.from_config(config).eval()
+    with torch.no_grad():
+        for layer in (model.mask_decoder.upscale_conv1, model.mask_decoder.upscale_conv2):
+            layer.weight.copy_(layer.weight[:, :, :1, :1].expand_as(layer.weight))
+    model.save_pretrained(target)
+    return target
+
+
 def region_mask_checkpoint(engine: str, folder: Path, image_path: Path) -> Path:
     """The random checkpoint with two changes that make its masks regions instead of pixel noise, at the
     same compute: each transposed-convolution kernel of the mask upscaler has its four taps tied to one
@@ -152,7 +194,8 @@ def backend_server(env: dict[str, str], workdir: Path, workers: int = 1, threads
     port = free_port()
     log = open(workdir / f"gunicorn-{port}.log", "w")
     full_env = {**os.environ, "LOG_LEVEL": "WARNING", "MODEL_DIR": str(workdir / "models"),
-                "IMAGE_CACHE_DIR": str(workdir / f"cache-{port}"), "SAM_DOWNLOAD": "false", **env}
+                "IMAGE_CACHE_DIR": str(workdir / f"cache-{port}"), "SAM_DOWNLOAD": "false",
+                "IMAGE_URL_HOSTS": "127.0.0.1", **env}  # the loopback static server stands in for Label Studio
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
          "--threads", str(threads), "--timeout", "0", "_wsgi:app"],

@@ -18,7 +18,7 @@ import torch
 from common import ROOT, print_table, stats_ms  # common puts the repository on sys.path
 
 assert ROOT.is_dir()
-from backend.learning.training import Example, TrainingConfig, low_res_target, simulate_prompts, train_step  # noqa: E402
+from backend.learning.training import Example, TrainingConfig, simulate_prompts, train_step  # noqa: E402
 from backend.segmentation.registry import build_sam  # noqa: E402
 from backend.segmentation.sam import SamSegmenter  # noqa: E402
 from backend.segmentation.segmenter import Embedding  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
     segmenter = SamSegmenter(build_sam("vit_t"), "vit_t", torch.device("cpu"))
     data = examples(args.annotations, rng)
     prompts = [simulate_prompts(e.mask, rng, args.prompts) for e in data]
-    targets = [low_res_target(e.mask, e.embedding.input_size, 1024) for e in data]
+    targets = [segmenter.logits_target(e.mask, e.embedding) for e in data]
 
     decode_times = []
     for example, batch in zip(data, prompts, strict=True):

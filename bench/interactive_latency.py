@@ -1,11 +1,12 @@
 """Interactive click latency over HTTP against the bare SAM decoder, with real-size random-weight models.
 
-    ./run bench interactive_latency [--engines vit_t vit_b] [--sizes 1024 2048] [--clicks 40] [--cached 100]
-                                    [--no-redis]
+    ./run bench interactive_latency [--engines vit_t vit_b sam2:hiera-tiny sam2:hiera-base-plus sam_hq:vit-base]
+                                    [--sizes 1024 2048] [--clicks 40] [--cached 100] [--no-redis]
 
 Per engine and image size: warm click (embedding cached) median and p95 over HTTP to gunicorn, the
-bare decoder (segment_anything's SamPredictor.predict after set_image, same image) median measured in
-the same run, their ratio, and the cold click (new image: download, encoder, decode) median. Then the
+bare decoder median measured in the same run (SAM / MobileSAM: segment_anything's SamPredictor.predict
+after set_image; SAM 2.1 / SAM-HQ: the transformers model's forward on the same cached embedding, one
+click, three masks), their ratio, and the cold click (new image: download, encoder, decode) median. Then the
 peak memory of the server worker after `--cached` distinct images have been embedded. A last row
 serves MobileSAM from the Redis cache with 2 workers and no per-worker front LRU, so every warm click
 fetches its embedding from Redis (what a click costs on a worker that has not seen the image).
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 
 from common import (
+    TRANSFORMERS_SIZES,
     backend_server,
     bench_images,
     click_body,
@@ -41,31 +43,55 @@ from common import (
     region_mask_checkpoint,
     static_server,
     stats_ms,
+    transformers_checkpoint,
     worker_peak_rss_mb,
 )
 
 
-def bare_decoder_ms(engine: str, checkpoint: Path, image_path: Path, clicks: int) -> tuple[float, float]:
-    """Median of SamPredictor.predict (one click, multimask) and of our engine's decode, in-process."""
-    from backend.core.settings import Settings
+def sam_predictor_click(segmenter, image: np.ndarray, embedding):
+    """segment_anything's SamPredictor after set_image: one click, three masks."""
     from backend.segmentation import compat
-    from backend.segmentation.prompts import Prompt
-    from backend.segmentation.registry import load_segmenter
 
     compat.install()
     from segment_anything import SamPredictor
 
-    segmenter = load_segmenter(Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False))
-    image = np.asarray(Image.open(image_path).convert("RGB"))
     predictor = SamPredictor(segmenter.model)
     predictor.set_image(image)
+    return lambda point: predictor.predict(point_coords=point[None], point_labels=np.array([1]), multimask_output=True)
+
+
+def transformers_click(segmenter, image: np.ndarray, embedding):
+    """The transformers model's own forward on the cached embedding: one click, three masks."""
+    arrays = segmenter._arrays(embedding)
+    cached = {"sam2": lambda a: {"image_embeddings": [a["high_res_s0"], a["high_res_s1"], a["features"]]},
+              "sam_hq": lambda a: {"image_embeddings": a["features"], "intermediate_embeddings": [a["vit_early"]]}}
+    inputs = cached[segmenter.family](arrays)
+
+    def click(point):
+        frame = segmenter.to_model_frame(point[None].astype(np.float32), embedding)
+        with torch.inference_mode():
+            segmenter.model(input_points=torch.tensor(frame)[None, None], input_labels=torch.tensor([[[1]]]),
+                            multimask_output=True, **inputs)
+    return click
+
+
+def bare_decoder_ms(engine: str, checkpoint: Path, image_path: Path, clicks: int) -> tuple[float, float]:
+    """Median of the bare decoder (one click, multimask) and of our engine's decode, in-process."""
+    from backend.core.settings import Settings
+    from backend.segmentation.prompts import Prompt
+    from backend.segmentation.registry import load_segmenter
+
+    segmenter = load_segmenter(Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False))
+    image = np.asarray(Image.open(image_path).convert("RGB"))
     embedding = segmenter.embed(image)
+    bare_click = (transformers_click if engine in TRANSFORMERS_SIZES else sam_predictor_click)(
+        segmenter, image, embedding)
     rng = np.random.default_rng(1)
     bare, ours = [], []
     for i in range(clicks + 3):
         point = rng.uniform(0.1, 0.9, 2) * (image.shape[1], image.shape[0])
         started = time.perf_counter()
-        predictor.predict(point_coords=point[None], point_labels=np.array([1]), multimask_output=True)
+        bare_click(point)
         middle = time.perf_counter()
         segmenter.decode(embedding, Prompt(points=point[None].astype(np.float32), labels=np.array([1])))
         if i >= 3:  # warm-up
@@ -147,18 +173,25 @@ def redis_row(args, workdir: Path, images_dir: Path, base_url: str) -> dict:
             "warm p95 ms": f"{warm[1]:.1f}", "cold median ms": f"{cold[0]:.0f}"}
 
 
-def run_engine(engine: str, args, workdir: Path, images_dir: Path, base_url: str) -> tuple[list[dict], dict | None]:
+def run_engine(name: str, args, workdir: Path, images_dir: Path, base_url: str) -> tuple[list[dict], dict | None]:
+    """`name`: a SAM_ENGINE (vit_t, vit_b, ...) or family:size of a transformers family (sam2:hiera-tiny)."""
     rows, memory = [], None
-    cold_count = 2 if engine in ("vit_b", "vit_l", "vit_h") else 5
+    engine, _, size = name.partition(":")
+    cold_count = 5 if name in ("vit_t", "sam2:hiera-tiny") else 2
     bench_images(images_dir, 1, 1024)
-    checkpoint = region_mask_checkpoint(engine, workdir, images_dir / "img000_1024.jpg")
+    if engine in TRANSFORMERS_SIZES:  # random weights with tied upscaler taps
+        checkpoint = transformers_checkpoint(engine, size or TRANSFORMERS_SIZES[engine][1], workdir)
+        checkpoints = {"region": checkpoint}
+    else:
+        checkpoint = region_mask_checkpoint(engine, workdir, images_dir / "img000_1024.jpg")
+        checkpoints = {"noise": random_checkpoint(engine, workdir), "region": checkpoint}
     env = {"SAM_ENGINE": engine, "SAM_CHECKPOINT": str(checkpoint)}
     with backend_server(env, workdir) as (url, pid):
         for size in args.sizes:
             paths = bench_images(images_dir, cold_count, size)
             warm, cold = click_latencies(url, base_url, paths, args.clicks)
             width, height = image_size(paths[0])
-            rows.append({"engine": engine, "image": f"{width}x{height}", "warm": warm, "cold": cold,
+            rows.append({"engine": name, "image": f"{width}x{height}", "warm": warm, "cold": cold,
                          "path": paths[0]})
         if engine == "vit_t" and args.cached:
             paths = bench_images(images_dir / "many", args.cached, 1024)
@@ -171,7 +204,6 @@ def run_engine(engine: str, args, workdir: Path, images_dir: Path, base_url: str
             memory = {"engine": engine, "cached embeddings": cache["items"],
                       "cache MiB": round(cache["bytes"] / 2**20), "worker peak RSS MiB": round(worker_peak_rss_mb(pid))}
     encoding_rows = []
-    checkpoints = {"noise": random_checkpoint(engine, workdir), "region": checkpoint}
     for row in rows:
         path = row.pop("path")
         bare, ours = bare_decoder_ms(engine, checkpoint, path, args.clicks)
@@ -179,7 +211,7 @@ def run_engine(engine: str, args, workdir: Path, images_dir: Path, base_url: str
         row.update({"warm median ms": f"{warm_median:.1f}", "warm p95 ms": f"{warm_p95:.1f}",
                     "bare decoder ms": f"{bare:.1f}", "ratio warm/bare": f"{warm_median / bare:.2f}",
                     "engine decode ms": f"{ours:.1f}", "cold median ms": f"{row.pop('cold')[0]:.0f}"})
-        encoding_rows.append({"engine": engine, "image": row["image"],
+        encoding_rows.append({"engine": name, "image": row["image"],
                               **mask_encoding_rows(engine, checkpoints, path)})
     return rows, encoding_rows, memory
 
@@ -210,7 +242,7 @@ def main() -> None:
         print_table(rows, ["engine", "image", "warm median ms", "warm p95 ms", "bare decoder ms", "ratio warm/bare",
                            "engine decode ms", "cold median ms"])
         print()
-        print_table(encodings, list(encodings[0]))
+        print_table(encodings, list(dict.fromkeys(key for row in encodings for key in row)))
         if memories:
             print()
             print_table(memories, list(memories[0]))

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import free_port, sam_env, save_tiny_sam  # noqa: E402
+from tests.helpers import TRANSFORMERS_FAMILIES, free_port, sam_env, save_tiny_sam  # noqa: E402
 
 
 def _snapshot(folder: Path) -> dict[str, int]:
@@ -43,6 +43,13 @@ def confined_to_temporary_folders(tmp_path_factory):
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("checkpoints")
     return {engine: save_tiny_sam(engine, folder / f"tiny_{engine}.pth") for engine in ("vit_b", "vit_t")}
+
+
+@pytest.fixture(scope="session")
+def tiny_families(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-weight SAM 2.1 and SAM-HQ, saved with save_pretrained (folder names tiny-sam2, tiny-sam_hq)."""
+    folder = tmp_path_factory.mktemp("transformers-sam")
+    return {family: save(folder / f"tiny-{family}") for family, save in TRANSFORMERS_FAMILIES.items()}
 
 
 @pytest.fixture

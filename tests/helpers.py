@@ -48,11 +48,40 @@ def save_tiny_sam(engine: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def save_tiny_sam2(folder: Path, seed: int = 0) -> Path:
+    """A random-weight SAM 2.1 (transformers Sam2Model) with a tiny Hiera, saved with save_pretrained."""
+    from transformers import Sam2Config, Sam2Model
+    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+
+    torch.manual_seed(seed)
+    backbone = Sam2HieraDetConfig(hidden_size=16, num_attention_heads=1, blocks_per_stage=[1, 1, 2, 1],
+                                  embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 1, 1],
+                                  global_attention_blocks=[3])
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16])
+    Sam2Model(Sam2Config(vision_config=vision)).eval().save_pretrained(folder)
+    return folder
+
+
+def save_tiny_sam_hq(folder: Path, seed: int = 0) -> Path:
+    """A random-weight SAM-HQ (transformers SamHQModel) with a 2-block ViT, saved with save_pretrained."""
+    from transformers import SamHQConfig, SamHQModel
+
+    torch.manual_seed(seed)
+    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "global_attn_indexes": [1],
+              "mlp_dim": 64, "initializer_range": 0.02}
+    config = SamHQConfig(vision_config=vision, mask_decoder_config={"vit_dim": vision["hidden_size"]})
+    SamHQModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+TRANSFORMERS_FAMILIES = {"sam2": save_tiny_sam2, "sam_hq": save_tiny_sam_hq}
+
+
 def sam_env(engine: str, checkpoint: Path) -> dict[str, str]:
     return {
         "SAM_ENGINE": engine,
         "SAM_CHECKPOINT": str(checkpoint),
-        "SAM_ARCH_OVERRIDES": json.dumps(TINY_ARCH[engine]),
+        "SAM_ARCH_OVERRIDES": json.dumps(TINY_ARCH.get(engine, {})),
         "SAM_DOWNLOAD": "false",
     }
 

@@ -105,3 +105,17 @@ def test_unknown_data_set_and_missing_folder_are_clear(tmp_path):
         evaluate.load_dataset(tmp_path, "Berkeley")
     with pytest.raises(FileNotFoundError, match="--data"):
         evaluate.load_dataset(tmp_path, "GrabCut")
+
+
+def test_evaluate_runs_a_transformers_family_from_its_folder(grabcut_style_set, tiny_families, tmp_path,
+                                                              monkeypatch, capsys):
+    """`--engine sam2 --checkpoint PATH`: the harness scores SAM 2.1 through the same predict path."""
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("SAM_DOWNLOAD", "false")
+    code = evaluate.main(["--data", str(grabcut_style_set), "--dataset", "GrabCut", "--engine", "sam2",
+                          "--checkpoint", str(tiny_families["sam2"]), "--max-clicks", "3",
+                          "--json", str(tmp_path / "q.json"), "--quiet"])
+    assert code == 0
+    assert "GrabCut (sam2) | 3 |" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert saved["engine"] == "sam2" and len(saved["results"]["GrabCut"]["curve"]) == 3

@@ -12,6 +12,24 @@ def test_rle_round_trip_is_exact():
     assert np.array_equal(rle_to_mask(mask_to_rle(mask), 211, 333), mask)
 
 
+def test_numpy_rle_writes_the_sdk_encoders_bytes():
+    """Our numpy brush encoder gives exactly label-studio-sdk's mask2rle bytes: single pixels, every run-size
+    class, runs longer than 65536 (split), empty and full masks, and streams already byte-aligned."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    rng = np.random.default_rng(0)
+    cases = [np.zeros((5, 7), bool), np.ones((5, 7), bool), np.ones((300, 500), bool), np.ones((1, 1), bool),
+             np.ones((514, 129), bool), rng.random((50, 60)) > 0.5]
+    for _ in range(80):
+        height, width = rng.integers(1, 120, 2)
+        cases.append(rng.random((height, width)) > rng.random())
+        corner = np.zeros((height, width), bool)
+        corner[rng.integers(0, height):, rng.integers(0, width):] = True
+        cases.append(corner)
+    for mask in cases:
+        assert mask_to_rle(mask) == mask2rle(np.where(mask, 255, 0).astype(np.uint8)), mask.shape
+
+
 def test_brush_result_decodes_to_the_mask():
     _, mask = disk_image()
     control, label = parse_label_config(LABEL_CONFIG).output_for("Disk")

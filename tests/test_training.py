@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +173,33 @@ def test_train_every_counts_across_workers_and_restarts(configure, tiny_checkpoi
     for job in [j for j in get_queue()._jobs]:
         get_queue().wait(job, timeout=300)
     reset_queue()
+
+
+@pytest.mark.parametrize("family", ["sam2", "sam_hq"])
+def test_the_transformers_families_fine_tune_their_mask_decoder(family, configure, tiny_families):
+    """SAM 2.1 and SAM-HQ train through the same `fit` path: a better decoder becomes the active version,
+    predictions carry its name, and rolling back restores the base decoder exactly."""
+    configure(**sam_env(family, tiny_families[family]))
+    from backend.segmentation.service import get_segmentation
+
+    service = get_segmentation()
+    model_dir = Path(os.environ["MODEL_DIR"])
+    store = AnnotationStore(model_dir)
+    for index, (image, mask) in enumerate(disks(10, seed=1), start=1):
+        store.save(PROJECT, {"id": index, "data": {"image": data_uri(encode_image(image))}},
+                   {"id": index, "result": [brush(mask)]})
+    held_out = disks(6, seed=2)
+    before = first_click_iou(service, PROJECT, held_out)
+    report = train_project(PROJECT, TrainingConfig(epochs=6, patience=3, learning_rate=3e-4))
+    assert report["status"] == "trained" and report["active"], report
+    after = first_click_iou(service, PROJECT, held_out)
+    print(f"{family} held-out first-click IoU: base {before:.3f}, fine-tuned {after:.3f}")
+    assert after > before + 0.05, (before, after)
+    assert service.version_of(service.segmenter_for(PROJECT)) == f"{family}-tiny-{family}-v1"
+    versions = ModelVersions(model_dir, PROJECT)
+    if family == "sam2":  # conv_s0/conv_s1 run at embedding time: they must not train, or the cache would lie
+        tuned, base = versions.load_weights(versions.get("v1")), service.engine.get().decoder.state_dict()
+        assert all(torch.equal(tuned[k], base[k]) for k in base if k.startswith(("conv_s0", "conv_s1")))
+        assert not all(torch.equal(tuned[k], base[k]) for k in base)
+    versions.activate(None)
+    assert abs(first_click_iou(service, PROJECT, held_out) - before) < 1e-6

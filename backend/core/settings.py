@@ -18,6 +18,10 @@ OFFICIAL_CHECKPOINTS = {
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
     "vit_t": "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
 }
+HUB_CHECKPOINTS = {  # engines loaded with transformers' from_pretrained: their default hub ids
+    "sam2": "facebook/sam2.1-hiera-tiny",
+    "sam_hq": "syscv-community/sam-hq-vit-base",
+}
 
 
 def _env_bool(value: str) -> bool:
@@ -28,8 +32,8 @@ def _env_bool(value: str) -> bool:
 class Settings:
     """Backend settings. Each field is read from the environment variable of the same name, upper-cased."""
 
-    sam_engine: str = "vit_t"  # vit_t (MobileSAM) | vit_b | vit_l | vit_h | grabcut (no weights)
-    sam_checkpoint: str = ""  # default: MODEL_DIR/checkpoints/<official file name>
+    sam_engine: str = "vit_t"  # vit_t (MobileSAM) | vit_b | vit_l | vit_h | sam2 | sam_hq | grabcut (no weights)
+    sam_checkpoint: str = ""  # default: MODEL_DIR/checkpoints/<official file name>; sam2/sam_hq: a hub id or folder
     sam_checkpoint_url: str = ""  # default: the official download URL of the engine
     sam_download: bool = True  # fetch a missing checkpoint from SAM_CHECKPOINT_URL where the network allows
     sam_arch_overrides: str = ""  # JSON of architecture sizes, for custom-size checkpoints
@@ -184,6 +188,20 @@ class Settings:
     @property
     def embedding_disk_path(self) -> Path:
         return Path(self.embedding_disk_dir or Path(self.model_dir) / "embeddings")
+
+    @property
+    def checkpoint_source(self) -> str:
+        """What SAM_ENGINE loads: a hub id or save_pretrained folder (sam2, sam_hq), else the checkpoint file."""
+        if self.sam_engine in HUB_CHECKPOINTS:
+            return self.sam_checkpoint or HUB_CHECKPOINTS[self.sam_engine]
+        return str(self.checkpoint_path)
+
+    @property
+    def checkpoint_name(self) -> str:
+        """The checkpoint's short name in model versions: 'mobile_sam', 'sam2.1-hiera-tiny'."""
+        if self.sam_engine in HUB_CHECKPOINTS:
+            return Path(self.checkpoint_source.rstrip("/")).name
+        return self.checkpoint_path.stem
 
     @property
     def checkpoint_path(self) -> Path:

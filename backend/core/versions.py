@@ -94,10 +94,10 @@ class ModelVersions:
 
 
 def model_version(settings: Settings, tuned: str | None = None) -> str:
-    """The one name of a model version: engine and checkpoint ('vit_t-mobile_sam', 'grabcut'), plus a
-    fine-tuned decoder's version ('vit_t-mobile_sam-v3'). Predictions, /setup, /versions and the resume of
-    `python -m backend prelabel` all name versions with it."""
-    base = "grabcut" if settings.sam_engine == "grabcut" else f"{settings.sam_engine}-{settings.checkpoint_path.stem}"
+    """The one name of a model version: engine and checkpoint ('vit_t-mobile_sam', 'sam2-sam2.1-hiera-tiny',
+    'grabcut'), plus a fine-tuned decoder's version ('vit_t-mobile_sam-v3'). Predictions, /setup, /versions
+    and the resume of `python -m backend prelabel` all name versions with it."""
+    base = "grabcut" if settings.sam_engine == "grabcut" else f"{settings.sam_engine}-{settings.checkpoint_name}"
     return f"{base}-{tuned}" if tuned else base
 
 

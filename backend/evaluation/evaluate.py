@@ -127,7 +127,7 @@ def summarize(scores: list[SampleScore], max_clicks: int) -> dict:
     seconds = [t for s in scores for t in s.seconds_per_click]
     summary = {
         "images": len(scores),
-        "miou": {str(k): round(float(curves[:, k - 1].mean()), 4) for k in (1, 3, 5)},
+        "miou": {str(k): round(float(curves[:, k - 1].mean()), 4) for k in (1, 3, 5) if k <= curves.shape[1]},
         "box_miou": round(float(np.mean([s.box_iou for s in scores])), 4),
         "ms_per_click_median": round(1000 * float(np.median(seconds)), 1) if seconds else None,
         "curve": [round(float(v), 4) for v in curves.mean(axis=0)],
@@ -146,7 +146,7 @@ def table(results: dict[str, dict], engine: str) -> str:
     rows = [" | ".join(head), " | ".join("---" for _ in head)]
     for name, s in results.items():
         rows.append(" | ".join(str(v) for v in (
-            f"{name} ({engine})", s["images"], s["miou"]["1"], s["miou"]["3"], s["miou"]["5"], s["noc@85"],
+            f"{name} ({engine})", s["images"], *(s["miou"].get(k, "-") for k in ("1", "3", "5")), s["noc@85"],
             s["noc@90"], s["failures@90"], s["box_miou"], s["ms_per_click_median"])))
     return "\n".join(rows)
 

@@ -37,7 +37,6 @@ from backend.learning.annotations import AnnotationStore, StoredAnnotation
 from backend.segmentation.masks import bounding_box, region_mask
 from backend.segmentation.prompts import Prompt
 from backend.segmentation.registry import TRAINABLE_DECODER
-from backend.segmentation.sam import features_tensor
 from backend.segmentation.segmenter import Embedding
 
 logger = logging.getLogger(__name__)
@@ -127,16 +126,6 @@ def simulate_prompts(mask: np.ndarray, rng: np.random.Generator, count: int) -> 
     return prompts
 
 
-def low_res_target(mask: np.ndarray, input_size: tuple[int, int], frame: int) -> torch.Tensor:
-    """The mask in the decoder's 256x256 output frame (resized like the image, padded, quartered)."""
-    height, width = input_size
-    resized = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    padded = np.zeros((frame, frame), np.float32)
-    padded[:height, :width] = resized
-    small = cv2.resize(padded, (frame // 4, frame // 4), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(small)
-
-
 def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-mask BCE + Dice (logits, target: ...xHxW)."""
     bce = F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none").mean((-2, -1))
@@ -159,18 +148,13 @@ def validation_iou(segmenter, examples: list[Example]) -> float:
 
 
 def train_step(segmenter, decoder, example: Example, prompts: list[Prompt], target: torch.Tensor) -> torch.Tensor:
-    """The loss of one image's prompts (clicks train the 3 ambiguity masks, boxes the single mask)."""
-    device, prompt_encoder = segmenter.device, segmenter.model.prompt_encoder
-    features = features_tensor(example.embedding, device)
-    pe = prompt_encoder.get_dense_pe()
+    """The loss of one image's prompts (clicks train the 3 ambiguity masks, boxes the single mask), through the
+    engine's own decoder call (`decoder_logits`), so every family with a trainable decoder trains the same way."""
+    device = segmenter.device
     losses = []
     for prompt in prompts:
-        with torch.no_grad():
-            points, boxes = segmenter.prompt_tensors(example.embedding, prompt)
-            sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=None)
         multimask = prompt.is_single_click
-        logits, iou_pred = decoder(image_embeddings=features, image_pe=pe, sparse_prompt_embeddings=sparse,
-                                              dense_prompt_embeddings=dense, multimask_output=multimask)
+        logits, iou_pred = segmenter.decoder_logits(decoder, example.embedding, [prompt], multimask)
         per_mask = mask_loss(logits[0], target.to(device))
         with torch.no_grad():
             hard = (logits[0] > 0).float()
@@ -184,13 +168,13 @@ def train_decoder(segmenter, train: list[Example], val: list[Example], config: T
     """Fine-tune a copy of the segmenter's decoder; (best decoder state, report)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    decoder = copy.deepcopy(segmenter.model.mask_decoder)  # the encoders stay frozen and shared
+    decoder = segmenter.trainable_decoder()  # the encoders stay frozen and shared
     base_state = copy.deepcopy(decoder.state_dict())
-    frame = segmenter.model.image_encoder.img_size
-    targets = [low_res_target(e.mask, e.embedding.input_size, frame) for e in train]
+    targets = [segmenter.logits_target(e.mask, e.embedding) for e in train]
     before = validation_iou(segmenter, val)
     best_state, best, stale, history = base_state, before, 0, []
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    trainable = [parameter for parameter in decoder.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=1e-4)
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         decoder.train()

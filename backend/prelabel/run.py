@@ -110,19 +110,13 @@ def _log_detections(task_id, found: list[Detection], pairs: list[tuple[str, str]
 
 
 def everything_masks(service: SegmentationService, image, settings: Settings) -> list[tuple[np.ndarray, float]]:
-    """Automatic mask generation (SAM's point grid) for configs without categories to detect."""
-    segmenter = service.engine.get()
+    """Automatic mask generation (a point grid) for configs without categories to detect."""
     if not service.engine.spec().can(EVERYTHING):
         raise InputError(f"PRELABEL_MODE=everything needs a SAM engine; SAM_ENGINE={settings.sam_engine} cannot "
                          "segment everything", "PRELABEL_MODE")
-    from segment_anything import SamAutomaticMaskGenerator
-
-    generator = SamAutomaticMaskGenerator(segmenter.model, points_per_side=settings.everything_points_per_side,
-                                          pred_iou_thresh=settings.everything_iou_threshold,
-                                          stability_score_thresh=settings.everything_stability_threshold)
-    found = generator.generate(image.pixels(settings))
-    found = sorted(found, key=lambda m: -m["predicted_iou"])[: settings.max_detections]
-    return [(m["segmentation"].astype(bool), float(m["predicted_iou"])) for m in found]
+    segmenter = service.engine.get()
+    found = segmenter.everything(image.pixels(settings), lambda: service.embedding(image), settings)
+    return found[: settings.max_detections]
 
 
 def predict_tasks(tasks: list[dict], config: LabelConfig, project_id: str = "") -> list:

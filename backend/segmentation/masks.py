@@ -1,4 +1,4 @@
-"""Masks as Label Studio results: BrushLabels RLE (label-studio-sdk's encoder) or simplified polygons."""
+"""Masks as Label Studio results: BrushLabels RLE (label-studio-sdk's format) or simplified polygons."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import uuid
 
 import cv2
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle, mask2rle
+from label_studio_sdk.converter.brush import decode_rle
 
 from backend.core.label_config import OutputControl
+from backend.segmentation import brush_rle
 
 MIN_POLYGON_AREA = 16  # pixels; smaller specks are left out of polygon output
 
@@ -19,9 +20,20 @@ def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def padded_low_res_target(mask: np.ndarray, input_size: tuple[int, int], frame: int) -> np.ndarray:
+    """A mask in SAM's 256x256 decoder output frame: resized like the image (long side to `frame`), padded at
+    the bottom right, quartered. Float in [0, 1]: the fine-tuning target of SAM and SAM-HQ."""
+    height, width = input_size
+    resized = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    padded = np.zeros((frame, frame), np.float32)
+    padded[:height, :width] = resized
+    return cv2.resize(padded, (frame // 4, frame // 4), interpolation=cv2.INTER_AREA)
+
+
 def mask_to_rle(mask: np.ndarray) -> list[int]:
-    """Label Studio brush RLE of a 2-D mask (any truthy pixel is inside)."""
-    return mask2rle(np.where(mask, 255, 0).astype(np.uint8))
+    """Label Studio brush RLE of a 2-D mask (any truthy pixel is inside): label-studio-sdk's `mask2rle`
+    bytes, packed with numpy (brush_rle.py; tested equal)."""
+    return brush_rle.encode(mask)
 
 
 def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:

@@ -191,6 +191,7 @@ def load_sam(settings: Settings) -> Sam:
 # ---------------------------------------------------------------- the engine table
 CLICKS, BOX, MULTIMASK, EVERYTHING = "clicks", "box", "multimask", "everything"
 TRAINABLE_DECODER, FAST_DECODER = "trainable_decoder", "fast_decoder"
+FILE, PRETRAINED, NO_WEIGHTS = "file", "pretrained", "none"  # what SAM_CHECKPOINT names for an engine
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class EngineSpec:
     name: str
     load: Callable[[Settings], Segmenter]
     capabilities: frozenset[str]
-    needs_checkpoint: bool = True
+    weights: str = FILE  # FILE: an official checkpoint file; PRETRAINED: a hub id or save_pretrained folder
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -219,10 +220,25 @@ def _load_grabcut(settings: Settings) -> Segmenter:
     return GrabCutSegmenter()
 
 
+def _load_sam2(settings: Settings) -> Segmenter:
+    from backend.segmentation.sam2 import load_sam2
+
+    return load_sam2(settings)
+
+
+def _load_sam_hq(settings: Settings) -> Segmenter:
+    from backend.segmentation.sam_hq import load_sam_hq
+
+    return load_sam_hq(settings)
+
+
 _SAM = frozenset({CLICKS, BOX, MULTIMASK, EVERYTHING, TRAINABLE_DECODER, FAST_DECODER})
+_TRANSFORMERS_SAM = _SAM - {FAST_DECODER}
 ENGINES: dict[str, EngineSpec] = {
     **{name: EngineSpec(name, _load_sam, _SAM) for name in SAM_ARCHITECTURES},
-    "grabcut": EngineSpec("grabcut", _load_grabcut, frozenset({CLICKS, BOX}), needs_checkpoint=False),
+    "sam2": EngineSpec("sam2", _load_sam2, _TRANSFORMERS_SAM, weights=PRETRAINED),
+    "sam_hq": EngineSpec("sam_hq", _load_sam_hq, _TRANSFORMERS_SAM, weights=PRETRAINED),
+    "grabcut": EngineSpec("grabcut", _load_grabcut, frozenset({CLICKS, BOX}), weights=NO_WEIGHTS),
 }
 
 
@@ -254,10 +270,11 @@ class SegmenterHolder:
     def status(self) -> dict:
         """For /health: loaded, loading (or downloading), or what is missing."""
         segmenter = self._cache.loaded()
+        named = {"engine": self.settings.sam_engine, "checkpoint": self.checkpoint()}
         if segmenter is not None:
-            return {"engine": self.settings.sam_engine, "loaded": True, "fingerprint": segmenter.fingerprint}
+            return {**named, "loaded": True, "fingerprint": segmenter.fingerprint}
         if self._cache.loading():
-            return {"engine": self.settings.sam_engine, "loaded": False, "loading": True}
+            return {**named, "loaded": False, "loading": True}
         problem, error = None, self._cache.failure()
         try:
             spec = self.spec()
@@ -265,6 +282,11 @@ class SegmenterHolder:
             error = error or unknown
         if error is not None:
             problem = str(error)
-        elif spec.needs_checkpoint and not self.settings.checkpoint_path.is_file():
+        elif spec.weights == FILE and not self.settings.checkpoint_path.is_file():
             problem = missing_checkpoint_message(self.settings)
-        return {"engine": self.settings.sam_engine, "loaded": False, "problem": problem}
+        return {**named, "loaded": False, "problem": problem}
+
+    def checkpoint(self) -> str:
+        """The checkpoint's short name ('mobile_sam', 'sam2.1-hiera-tiny'); empty for weight-free engines."""
+        spec = ENGINES.get(self.settings.sam_engine)
+        return "" if spec is None or spec.weights == NO_WEIGHTS else self.settings.checkpoint_name

@@ -13,6 +13,7 @@ import torch
 from backend.core.errors import ImageError
 from backend.segmentation import compat
 from backend.segmentation.fast_decoder import FastMaskDecoder, ImageContext
+from backend.segmentation.masks import padded_low_res_target
 from backend.segmentation.prompts import Prompt
 from backend.segmentation.segmenter import Embedding, MaskResult
 
@@ -95,19 +96,55 @@ class SamSegmenter:
             input_size=(int(resized.shape[0]), int(resized.shape[1])),
         )
 
-    def prompt_tensors(self, embedding: Embedding, prompt: Prompt):
-        """The prompt encoder's point and box inputs: pixel prompts mapped into the encoder's frame."""
+    def prompt_tensors(self, embedding: Embedding, prompt: Prompt | list[Prompt]):
+        """The prompt encoder's point and box inputs: pixel prompts mapped into the encoder's frame (a list:
+        a batch of prompts of one kind, the same point count and all with or all without a box)."""
+        prompts = prompt if isinstance(prompt, list) else [prompt]
         points = boxes = None
-        if len(prompt.points):
-            coords = self.transform.apply_coords(prompt.points.astype(np.float32), embedding.original_size)
+        if len(prompts[0].points):
+            coords = np.stack([self.transform.apply_coords(p.points.astype(np.float32), embedding.original_size)
+                               for p in prompts])
             points = (
-                torch.as_tensor(coords, dtype=torch.float, device=self.device)[None],
-                torch.as_tensor(prompt.labels, dtype=torch.int, device=self.device)[None],
+                torch.as_tensor(coords, dtype=torch.float, device=self.device),
+                torch.as_tensor(np.stack([p.labels for p in prompts]), dtype=torch.int, device=self.device),
             )
-        if prompt.box is not None:
-            box = self.transform.apply_boxes(prompt.box[None].astype(np.float32), embedding.original_size)
+        if prompts[0].box is not None:
+            box = self.transform.apply_boxes(np.stack([p.box for p in prompts]).astype(np.float32),
+                                             embedding.original_size)
             boxes = torch.as_tensor(box, dtype=torch.float, device=self.device)
         return points, boxes
+
+    # ------------------------------------------------------------ fine-tuning and everything mode
+    def trainable_decoder(self) -> torch.nn.Module:
+        """A copy of the mask decoder to fine-tune (the encoders stay frozen, so cached embeddings stay valid)."""
+        return copy.deepcopy(self.model.mask_decoder)
+
+    def decoder_logits(self, decoder, embedding: Embedding, prompts: list[Prompt], multimask: bool,
+                       mask_input: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res logits (PxKx256x256) and scores (PxK) of `decoder` (the official decoder's code path) for a
+        batch of prompts; differentiable in the decoder's weights outside inference mode."""
+        with torch.no_grad():
+            points, boxes = self.prompt_tensors(embedding, prompts)
+            masks = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float,
+                                                                    device=self.device).reshape(1, 1, 256, 256)
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        return decoder(image_embeddings=features_tensor(embedding, self.device),
+                       image_pe=self.model.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                       dense_prompt_embeddings=dense, multimask_output=multimask)
+
+    def logits_target(self, mask: np.ndarray, embedding: Embedding) -> torch.Tensor:
+        return torch.from_numpy(padded_low_res_target(mask, embedding.input_size, self.model.image_encoder.img_size))
+
+    def everything(self, image: np.ndarray, embedding, settings) -> list[tuple[np.ndarray, float]]:
+        """segment_anything's automatic mask generator (its point grid, crops and filters) on the image (it
+        embeds the image itself: `embedding`, the cached one's provider, is not called)."""
+        from segment_anything import SamAutomaticMaskGenerator
+
+        generator = SamAutomaticMaskGenerator(self.model, points_per_side=settings.everything_points_per_side,
+                                              pred_iou_thresh=settings.everything_iou_threshold,
+                                              stability_score_thresh=settings.everything_stability_threshold)
+        found = sorted(generator.generate(image), key=lambda m: -m["predicted_iou"])
+        return [(m["segmentation"].astype(bool), float(m["predicted_iou"])) for m in found]
 
     def _context(self, embedding: Embedding) -> ImageContext:
         """The fast decoder's per-image tensors, memoised by the identity of the embedding's features."""
