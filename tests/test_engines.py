@@ -242,3 +242,19 @@ def test_the_engine_table_says_what_each_engine_can_do(tmp_path):
     with pytest.raises(ModelUnavailableError, match="unknown SAM_ENGINE"):
         holder.get()
     assert "unknown SAM_ENGINE" in holder.status()["problem"]
+
+
+def test_per_image_memo_makes_once_per_image_and_forgets_the_oldest():
+    from backend.segmentation.segmenter import Embedding, PerImageMemo
+
+    memo, made = PerImageMemo(kept=2), []
+
+    def make(embedding):
+        made.append(embedding)
+        return len(made)
+
+    images = [Embedding(np.zeros((1, 4), np.float16), (2, 2), (2, 2)) for _ in range(3)]
+    assert memo.get(images[0], make) == 1 and memo.get(images[0], make) == 1  # a burst of clicks: made once
+    assert memo.get(images[1], make) == 2  # equal values, another image: made anew
+    memo.get(images[2], make)  # the oldest (images[0]) goes
+    assert memo.get(images[0], make) == 4 and len(made) == 4

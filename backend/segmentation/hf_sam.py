@@ -21,7 +21,7 @@ from backend.core.pretrained import from_pretrained, resolve_device
 from backend.core.settings import HUB_CHECKPOINTS, Settings
 from backend.segmentation.prompts import Prompt
 from backend.segmentation.sam import weights_fingerprint
-from backend.segmentation.segmenter import Embedding, MaskResult
+from backend.segmentation.segmenter import Embedding, MaskResult, PerImageMemo
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class TransformersSegmenter:
 
     family = ""
     mask_threshold = 0.0
+    tensors_kept = 4  # images whose decoder inputs stay converted (clicks come in bursts on one image)
 
     def __init__(self, model: torch.nn.Module, name: str, device: torch.device, float16_features: bool = False,
                  decoder: torch.nn.Module | None = None, fingerprint: str | None = None):
@@ -76,6 +77,7 @@ class TransformersSegmenter:
         self.fingerprint = fingerprint or f"{name}-{weights_fingerprint(model.vision_encoder)}"
         with torch.inference_mode():
             self.image_pe = model.get_image_wide_positional_embeddings().to(device)
+        self._tensors: PerImageMemo[dict[str, torch.Tensor]] = PerImageMemo(self.tensors_kept)
 
     # ------------------------------------------------------------ per family
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -104,8 +106,10 @@ class TransformersSegmenter:
 
     # ------------------------------------------------------------ shared
     def _arrays(self, embedding: Embedding) -> dict[str, torch.Tensor]:
-        return {name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device, torch.float32)
-                for name, array in embedding.arrays.items()}
+        """The embedding's arrays as float32 tensors on the device (kept for the most recent images)."""
+        return self._tensors.get(embedding, lambda e: {
+            name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device, torch.float32)
+            for name, array in e.arrays.items()})
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import threading
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -15,7 +13,7 @@ from backend.segmentation import compat
 from backend.segmentation.fast_decoder import FastMaskDecoder, ImageContext
 from backend.segmentation.masks import padded_low_res_target
 from backend.segmentation.prompts import Prompt
-from backend.segmentation.segmenter import Embedding, MaskResult
+from backend.segmentation.segmenter import Embedding, MaskResult, PerImageMemo
 
 compat.install()
 
@@ -63,8 +61,7 @@ class SamSegmenter:
         self.fingerprint = fingerprint or f"{name}-{weights_fingerprint(model.image_encoder)}"
         with torch.inference_mode():
             self.fast = FastMaskDecoder(self.model)
-        self._contexts: OrderedDict[int, tuple[np.ndarray, ImageContext]] = OrderedDict()
-        self._contexts_lock = threading.Lock()
+        self._contexts: PerImageMemo[ImageContext] = PerImageMemo(self.contexts_kept)
 
     def with_decoder(self, decoder_state: dict, version: str) -> SamSegmenter:
         """The same encoders with another (fine-tuned) mask decoder; embeddings stay shareable."""
@@ -147,19 +144,8 @@ class SamSegmenter:
         return [(m["segmentation"].astype(bool), float(m["predicted_iou"])) for m in found]
 
     def _context(self, embedding: Embedding) -> ImageContext:
-        """The fast decoder's per-image tensors, memoised by the identity of the embedding's features."""
-        key = id(embedding.features)
-        with self._contexts_lock:
-            entry = self._contexts.get(key)
-            if entry is not None and entry[0] is embedding.features:
-                self._contexts.move_to_end(key)
-                return entry[1]
-        context = self.fast.image_context(features_tensor(embedding, self.device))
-        with self._contexts_lock:
-            self._contexts[key] = (embedding.features, context)
-            while len(self._contexts) > self.contexts_kept:
-                self._contexts.popitem(last=False)
-        return context
+        """The fast decoder's per-image tensors (kept for the most recent images)."""
+        return self._contexts.get(embedding, lambda e: self.fast.image_context(features_tensor(e, self.device)))
 
     @torch.inference_mode()
     def decode(self, embedding: Embedding, prompt: Prompt, mask_input: np.ndarray | None = None) -> MaskResult:

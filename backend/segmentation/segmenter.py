@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -28,6 +31,35 @@ class Embedding:
     @property
     def nbytes(self) -> int:
         return int(sum(array.nbytes for array in self.arrays.values()))
+
+
+T = TypeVar("T")
+
+
+class PerImageMemo(Generic[T]):
+    """What a decoder derives from an embedding once per image (converted tensors, per-image terms), kept for
+    the `kept` most recent images: clicks come in bursts on one image. Keyed by the identity of the
+    embedding's features array (the cache hands out the same object for one image; the memo holds a
+    reference, so the identity cannot be reused while it is kept). Thread-safe."""
+
+    def __init__(self, kept: int = 4):
+        self.kept = kept
+        self._items: OrderedDict[int, tuple[np.ndarray, T]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, embedding: Embedding, make: Callable[[Embedding], T]) -> T:
+        key = id(embedding.features)
+        with self._lock:
+            entry = self._items.get(key)
+            if entry is not None and entry[0] is embedding.features:
+                self._items.move_to_end(key)
+                return entry[1]
+        value = make(embedding)
+        with self._lock:
+            self._items[key] = (embedding.features, value)
+            while len(self._items) > self.kept:
+                self._items.popitem(last=False)
+        return value
 
 
 @dataclass
