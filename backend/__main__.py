@@ -1,4 +1,4 @@
-"""Command line: python -m backend {prelabel,depth,train,evaluate} ... (each has --help)."""
+"""Command line: python -m backend {prelabel,depth,train,evaluate,export} ... (each has --help)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ COMMANDS = {
     "depth": "backend.depth.estimate",
     "train": "backend.learning.training",
     "evaluate": "backend.evaluation.evaluate",
+    "export": "backend.export.run",
 }
 
 

@@ -39,9 +39,10 @@ def call(what: str, function, *args, **kwargs):
 
 
 def read_tasks(client, project_id: int, ids: list[int] | None = None) -> list[dict]:
-    """Tasks of a project ({"id", "data", "meta", "predictions"}), all or those in `ids`, read through the Data
-    Manager with review=true: unlike GET /api/tasks/<id> and a plain task list, that never makes Label Studio
-    run pre-labeling on this backend (with "Use predictions to prelabel tasks" on, it would)."""
+    """Tasks of a project ({"id", "data", "meta", "predictions", "annotations"}), all or those in `ids`, read
+    through the Data Manager with review=true: unlike GET /api/tasks/<id> and a plain task list, that never
+    makes Label Studio run pre-labeling on this backend (with "Use predictions to prelabel tasks" on, it
+    would)."""
     query = None
     if ids is not None:
         items = [{"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": int(i)} for i in ids]
@@ -50,7 +51,8 @@ def read_tasks(client, project_id: int, ids: list[int] | None = None) -> list[di
     def fetch() -> list[dict]:
         pager = client.tasks.list(project=project_id, fields="all", review=True, query=query, resolve_uri=False)
         return [{"id": t.id, "data": dict(t.data or {}), "meta": dict(t.meta or {}),
-                 "predictions": list(t.predictions or [])} for t in pager]
+                 "predictions": list(t.predictions or []),
+                 "annotations": list(getattr(t, "annotations", None) or [])} for t in pager]
 
     return call(f"project {project_id}", fetch)
 
