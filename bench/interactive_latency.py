@@ -1,6 +1,6 @@
 """Interactive click latency over HTTP against the bare SAM decoder, with real-size random-weight models.
 
-    ./run bench interactive_latency [--engines vit_t vit_b sam2:hiera-tiny sam2:hiera-base-plus sam_hq:vit-base]
+    ./run bench interactive_latency [--engines vit_t vit_t@onnx vit_b sam2:hiera-tiny sam2:hiera-base-plus ...]
                                     [--sizes 1024 2048] [--clicks 40] [--cached 100] [--no-redis]
 
 Per engine and image size: warm click (embedding cached) median and p95 over HTTP to gunicorn, the
@@ -81,7 +81,8 @@ def bare_decoder_ms(engine: str, checkpoint: Path, image_path: Path, clicks: int
     from backend.segmentation.prompts import Prompt
     from backend.segmentation.registry import load_segmenter
 
-    segmenter = load_segmenter(Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False))
+    segmenter = load_segmenter(Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False,
+                                        encoder_runtime="torch"))
     image = np.asarray(Image.open(image_path).convert("RGB"))
     embedding = segmenter.embed(image)
     bare_click = (transformers_click if engine in TRANSFORMERS_SIZES else sam_predictor_click)(
@@ -126,7 +127,8 @@ def mask_encoding_rows(engine: str, checkpoints: dict[str, Path], image_path: Pa
     height, width = image.shape[:2]
     masks = {}
     for kind, checkpoint in checkpoints.items():
-        segmenter = load_segmenter(Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False))
+        segmenter = load_segmenter(Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False,
+                                        encoder_runtime="torch"))
         prompt = Prompt(points=np.array([[width / 2, height / 2]], np.float32), labels=np.array([1]))
         masks[kind] = segmenter.decode(segmenter.embed(image), prompt).mask
     gt_files = sorted((SHARED_IMAGES.parent / "gt").glob("*.png"))
@@ -174,10 +176,12 @@ def redis_row(args, workdir: Path, images_dir: Path, base_url: str) -> dict:
 
 
 def run_engine(name: str, args, workdir: Path, images_dir: Path, base_url: str) -> tuple[list[dict], dict | None]:
-    """`name`: a SAM_ENGINE (vit_t, vit_b, ...) or family:size of a transformers family (sam2:hiera-tiny)."""
+    """`name`: a SAM_ENGINE (vit_t, vit_b, ...) or family:size of a transformers family (sam2:hiera-tiny),
+    optionally @runtime for the image encoder (vit_t@onnx: ENCODER_RUNTIME=onnx)."""
     rows, memory = [], None
-    engine, _, size = name.partition(":")
-    cold_count = 5 if name in ("vit_t", "sam2:hiera-tiny") else 2
+    name_and_size, _, runtime = name.partition("@")
+    engine, _, size = name_and_size.partition(":")
+    cold_count = 5 if name_and_size in ("vit_t", "sam2:hiera-tiny") else 2
     bench_images(images_dir, 1, 1024)
     if engine in TRANSFORMERS_SIZES:  # random weights with tied upscaler taps
         checkpoint = transformers_checkpoint(engine, size or TRANSFORMERS_SIZES[engine][1], workdir)
@@ -185,7 +189,13 @@ def run_engine(name: str, args, workdir: Path, images_dir: Path, base_url: str) 
     else:
         checkpoint = region_mask_checkpoint(engine, workdir, images_dir / "img000_1024.jpg")
         checkpoints = {"noise": random_checkpoint(engine, workdir), "region": checkpoint}
-    env = {"SAM_ENGINE": engine, "SAM_CHECKPOINT": str(checkpoint)}
+    env = {"SAM_ENGINE": engine, "SAM_CHECKPOINT": str(checkpoint), "ENCODER_RUNTIME": runtime or "torch"}
+    if runtime:  # the one-off ONNX export happens here, not in the first timed click
+        from backend.core.settings import Settings
+        from backend.segmentation.registry import load_segmenter
+
+        load_segmenter(Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False,
+                                model_dir=str(workdir / "models"), encoder_runtime=runtime))
     with backend_server(env, workdir) as (url, pid):
         for size in args.sizes:
             paths = bench_images(images_dir, cold_count, size)
@@ -193,7 +203,7 @@ def run_engine(name: str, args, workdir: Path, images_dir: Path, base_url: str) 
             width, height = image_size(paths[0])
             rows.append({"engine": name, "image": f"{width}x{height}", "warm": warm, "cold": cold,
                          "path": paths[0]})
-        if engine == "vit_t" and args.cached:
+        if name == "vit_t" and args.cached:
             paths = bench_images(images_dir / "many", args.cached, 1024)
             for path in paths:
                 width, height = image_size(path)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from segment_anything import SamPredictor  # noqa: E402
 
 
 def tiny_settings(engine, checkpoint, **extra):
+    extra.setdefault("model_dir", str(Path(checkpoint).parent / "models"))  # ONNX exports land there
     return Settings(sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False,
                     sam_arch_overrides=json.dumps(TINY_ARCH[engine]), **extra)
 

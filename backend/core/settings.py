@@ -50,6 +50,7 @@ class Settings:
     embedding_disk_mb: int = 4096  # without Redis: embeddings also kept on disk (shared by workers, kept on restart)
     embedding_disk_dir: str = ""  # default: MODEL_DIR/embeddings
     embedding_float16: bool = True  # keep SAM embeddings as float16: half the cache memory and Redis traffic
+    encoder_runtime: str = "auto"  # SAM / MobileSAM image encoder: auto (ONNX Runtime if usable) | onnx | torch
     label_studio_url: str = ""  # for uploaded / local-storage / cloud images
     label_studio_api_key: str = ""
     image_cache_dir: str = "data/images"  # downloaded task images
@@ -141,6 +142,7 @@ class Settings:
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must not be negative, got {getattr(self, name)}")
         for name, allowed in (("prelabel_mode", ("categories", "everything", "off")),
+                              ("encoder_runtime", ("torch", "onnx", "auto")),
                               ("synthesis_engine", ("kandinsky", "sd2"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name.upper()}={getattr(self, name)!r} is not one of {', '.join(allowed)}")

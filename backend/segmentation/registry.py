@@ -208,10 +208,15 @@ class EngineSpec:
 
 
 def _load_sam(settings: Settings) -> Segmenter:
+    from backend.segmentation.encoder_runtime import choose_encoder
     from backend.segmentation.sam import SamSegmenter
 
-    return SamSegmenter(load_sam(settings), settings.sam_engine, resolve_device(settings.device),
-                        float16_features=settings.embedding_float16)
+    device = resolve_device(settings.device)
+    segmenter = SamSegmenter(load_sam(settings), settings.sam_engine, device,
+                             float16_features=settings.embedding_float16)
+    segmenter.encoder = choose_encoder(segmenter.model.image_encoder, segmenter.fingerprint,
+                                       settings.encoder_runtime, Path(settings.model_dir) / "onnx", device)
+    return segmenter
 
 
 def _load_grabcut(settings: Settings) -> Segmenter:

@@ -59,6 +59,7 @@ class SamSegmenter:
         self.version: str | None = None  # a fine-tuned decoder's version name
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self.fingerprint = fingerprint or f"{name}-{weights_fingerprint(model.image_encoder)}"
+        self.encoder = model.image_encoder  # or an ONNX Runtime session (encoder_runtime.py)
         with torch.inference_mode():
             self.fast = FastMaskDecoder(self.model)
         self._contexts: PerImageMemo[ImageContext] = PerImageMemo(self.contexts_kept)
@@ -75,6 +76,7 @@ class SamSegmenter:
         model.mask_decoder.load_state_dict(decoder_state, strict=True)
         tuned = SamSegmenter(model, self.name, self.device, fingerprint=self.fingerprint,
                              float16_features=self.features_dtype == np.float16)
+        tuned.encoder = self.encoder
         tuned.version = version
         return tuned
 
@@ -86,7 +88,7 @@ class SamSegmenter:
                              f"long side is scaled to {self.transform.target_length} px", "image")
         resized = self.transform.apply_image(image)
         pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        features = self.model.image_encoder(self.model.preprocess(pixels.float()))
+        features = self.encoder(self.model.preprocess(pixels.float()))
         return Embedding(
             features=features.cpu().numpy().astype(self.features_dtype, copy=False),
             original_size=(int(image.shape[0]), int(image.shape[1])),
