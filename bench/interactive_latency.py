@@ -189,7 +189,8 @@ def run_engine(name: str, args, workdir: Path, images_dir: Path, base_url: str) 
     else:
         checkpoint = region_mask_checkpoint(engine, workdir, images_dir / "img000_1024.jpg")
         checkpoints = {"noise": random_checkpoint(engine, workdir), "region": checkpoint}
-    env = {"SAM_ENGINE": engine, "SAM_CHECKPOINT": str(checkpoint), "ENCODER_RUNTIME": runtime or "torch"}
+    env = {"SAM_ENGINE": engine, "SAM_CHECKPOINT": str(checkpoint), "ENCODER_RUNTIME": runtime or "torch",
+           "EMBEDDING_DISK_DIR": str(workdir / f"embeddings-{name}")}  # rows of one checkpoint: cold is cold
     if runtime:  # the one-off ONNX export happens here, not in the first timed click
         from backend.core.settings import Settings
         from backend.segmentation.registry import load_segmenter
