@@ -203,3 +203,25 @@ def test_the_transformers_families_fine_tune_their_mask_decoder(family, configur
         assert not all(torch.equal(tuned[k], base[k]) for k in base)
     versions.activate(None)
     assert abs(first_click_iou(service, PROJECT, held_out) - before) < 1e-6
+
+
+@pytest.mark.parametrize("family", ["sam2", "sam_hq"])
+def test_training_on_an_image_that_clicks_were_served_on(family, tiny_families):
+    """Serving keeps per-image decoder inputs made in inference mode; a training step on the same image must
+    not reuse them (autograd cannot save inference tensors) and must learn through the whole decoder."""
+    from backend.core.settings import Settings
+    from backend.learning.training import Example, train_step
+    from backend.segmentation.registry import load_segmenter
+
+    segmenter = load_segmenter(Settings(sam_engine=family, sam_checkpoint=str(tiny_families[family]),
+                                        sam_download=False))
+    image, mask = disk_image(width=160, height=120)
+    embedding = segmenter.embed(image)
+    click = Prompt(points=np.array([[64.0, 60.0]], np.float32), labels=np.array([1]))
+    segmenter.decode(embedding, click)  # a click served on this image first
+    decoder = segmenter.trainable_decoder()
+    loss = train_step(segmenter, decoder, Example("1/0", embedding, mask), [click],
+                      segmenter.logits_target(mask, embedding))
+    loss.backward()
+    assert all(p.grad is not None for name, p in decoder.named_parameters()
+               if p.requires_grad and name.startswith(("compress_vit", "output_hypernetworks_mlps.0")))

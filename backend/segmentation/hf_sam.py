@@ -106,10 +106,15 @@ class TransformersSegmenter:
 
     # ------------------------------------------------------------ shared
     def _arrays(self, embedding: Embedding) -> dict[str, torch.Tensor]:
-        """The embedding's arrays as float32 tensors on the device (kept for the most recent images)."""
-        return self._tensors.get(embedding, lambda e: {
-            name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device, torch.float32)
-            for name, array in e.arrays.items()})
+        """The embedding's arrays as float32 tensors on the device, kept for the most recent images when
+        serving (training makes fresh ones: kept ones are inference-mode tensors autograd cannot save)."""
+        if torch.is_grad_enabled():
+            return self._tensors_of(embedding)
+        return self._tensors.get(embedding, self._tensors_of)
+
+    def _tensors_of(self, embedding: Embedding) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device, torch.float32)
+                for name, array in embedding.arrays.items()}
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:

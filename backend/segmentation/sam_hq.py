@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from backend.core.errors import ImageError
 from backend.core.pretrained import resolve_device
 from backend.core.settings import Settings
-from backend.segmentation import compat
+from backend.segmentation import compat, sam_hq_decoder
 from backend.segmentation.hf_sam import TransformersSegmenter, load_pretrained
 from backend.segmentation.masks import padded_low_res_target
 from backend.segmentation.sam2 import IMAGENET_MEAN, IMAGENET_STD
@@ -51,7 +51,16 @@ class SamHQSegmenter(TransformersSegmenter):
     def to_model_frame(self, coords: np.ndarray, embedding: Embedding) -> np.ndarray:
         return self.transform.apply_coords(coords, embedding.original_size).astype(np.float32)
 
+    def _tensors_of(self, embedding: Embedding) -> dict[str, torch.Tensor]:
+        tensors = super()._tensors_of(embedding)
+        if not torch.is_grad_enabled():  # serving: the prompt-independent HQ features, once per image
+            tensors["hq"] = sam_hq_decoder.hq_features(self.decoder, tensors["features"], tensors["vit_early"])
+        return tensors
+
     def run_decoder(self, decoder, arrays, sparse, dense, multimask: bool):
+        if decoder is self.decoder and "hq" in arrays:
+            return sam_hq_decoder.decode(decoder, arrays["hq"], arrays["features"], self.image_pe, sparse, dense,
+                                         multimask, self.hq_token_only)
         return decoder(
             image_embeddings=arrays["features"], image_positional_embeddings=self.image_pe,
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
