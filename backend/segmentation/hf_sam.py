@@ -42,18 +42,14 @@ def load_pretrained(settings: Settings, model_class, model_type: str) -> torch.n
 
     def load(name: str):
         config = AutoConfig.from_pretrained(name, local_files_only=local_only)
-        if config.model_type != model_type:
-            engine = next((e for e, m in FAMILY_MODEL_TYPES.items() if m == config.model_type), None)
-            hint = f"; set SAM_ENGINE={engine}" if engine else ""
+        if config.model_type != model_type:  # the SAM_ENGINE names of these families are their model types
+            hint = f"; set SAM_ENGINE={config.model_type}" if config.model_type in HUB_CHECKPOINTS else ""
             raise ValueError(f"it holds a {config.model_type!r} model, not {model_type!r}{hint}")
         return model_class.from_pretrained(name, local_files_only=local_only)
 
     model = from_pretrained(load, source, f"SAM_ENGINE={settings.sam_engine} model", "SAM_CHECKPOINT",
                             HUB_CHECKPOINTS[settings.sam_engine])
     return model.to(resolve_device(settings.device)).eval()
-
-
-FAMILY_MODEL_TYPES = {"sam2": "sam2", "sam_hq": "sam_hq"}  # SAM_ENGINE -> transformers config.model_type
 
 
 class TransformersSegmenter:
