@@ -10,10 +10,9 @@ eager with the reason logged; `onnx` fails with a clear error instead.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from backend.core.errors import ModelUnavailableError
+from backend.core.files import write_atomic
 
 logger = logging.getLogger(__name__)
 RUNTIMES = ("torch", "onnx", "auto")
@@ -58,21 +58,13 @@ def _session(path: Path):
 
 def _export(encoder: torch.nn.Module, path: Path, stamp: dict) -> None:
     """Export `encoder` to `path` and its sidecar, each written atomically (a reader sees old or new)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    os.close(fd)
-    try:
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes on shape branches: the input size is fixed
-            torch.onnx.export(encoder, (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),), tmp, input_names=["pixels"],
-                              output_names=["features"], dynamo=False, opset_version=17)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    sidecar = path.with_suffix(".json")
-    sidecar_tmp = sidecar.with_suffix(".json.part")
-    sidecar_tmp.write_text(json.dumps(stamp))
-    os.replace(sidecar_tmp, sidecar)
+    graph = io.BytesIO()
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape branches: the input size is fixed
+        torch.onnx.export(encoder, (torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE),), graph, input_names=["pixels"],
+                          output_names=["features"], dynamo=False, opset_version=17)
+    write_atomic(path, graph.getvalue())
+    write_atomic(path.with_suffix(".json"), json.dumps(stamp).encode())
 
 
 def onnx_encoder(encoder: torch.nn.Module, fingerprint: str, folder: Path) -> OnnxEncoder:

@@ -11,18 +11,17 @@ import numpy as np
 import torch
 
 from backend.core.settings import Settings
+from backend.segmentation import compat
 from backend.segmentation.segmenter import Embedding
+
+compat.install()
+
+from segment_anything.utils.amg import calculate_stability_score  # noqa: E402
 
 POINTS_PER_BATCH = 64
 DUPLICATE_IOU = 0.7  # a mask overlapping a better one this much is a duplicate (SAM's box NMS threshold)
+STABILITY_OFFSET = 1.0  # logit offset of SAM's stability score (its automatic mask generator's default)
 MIN_AREA_FRACTION = 1e-4  # specks smaller than this share of the image are dropped
-
-
-def stability(logits: torch.Tensor, offset: float = 1.0) -> torch.Tensor:
-    """SAM's stability score: IoU of the masks thresholded at +offset and -offset (last two dims)."""
-    inner = (logits > offset).flatten(-2).sum(-1).float()
-    outer = (logits > -offset).flatten(-2).sum(-1).float()
-    return torch.where(outer > 0, inner / outer.clamp(min=1), torch.ones_like(outer))
 
 
 def grid_points(per_side: int, height: int, width: int) -> np.ndarray:
@@ -41,7 +40,7 @@ def grid_masks(segmenter, embedding: Embedding, settings: Settings) -> list[tupl
         logits, scores = segmenter.point_candidates(embedding, points[start:start + POINTS_PER_BATCH])
         logits, scores = logits.flatten(0, 1), scores.flatten()
         good = (scores >= settings.everything_iou_threshold) & (
-            stability(logits) >= settings.everything_stability_threshold)
+            calculate_stability_score(logits, 0.0, STABILITY_OFFSET) >= settings.everything_stability_threshold)
         kept_logits.append(logits[good])
         kept_scores.append(scores[good])
     logits, scores = torch.cat(kept_logits), torch.cat(kept_scores)

@@ -20,6 +20,11 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+def imagenet_normalized(pixels: np.ndarray) -> np.ndarray:
+    """uint8 RGB (HxWx3) scaled to 0..1 and normalized with ImageNet's mean and std, float32."""
+    return (pixels.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
 class Sam2Segmenter(TransformersSegmenter):
     family = "sam2"
 
@@ -30,8 +35,8 @@ class Sam2Segmenter(TransformersSegmenter):
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         if min(image.shape[:2]) < 1:
             raise ImageError("the image has no pixels", "image")
-        resized = np.asarray(Image.fromarray(image).resize((self.side, self.side), Image.BILINEAR), np.float32)
-        normalized = (resized / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        resized = np.asarray(Image.fromarray(image).resize((self.side, self.side), Image.BILINEAR))
+        normalized = imagenet_normalized(resized)
         return torch.from_numpy(normalized).permute(2, 0, 1).contiguous()[None], (self.side, self.side)
 
     def encode(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:

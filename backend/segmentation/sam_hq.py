@@ -16,7 +16,7 @@ from backend.core.settings import Settings
 from backend.segmentation import compat, sam_hq_decoder
 from backend.segmentation.hf_sam import TransformersSegmenter, load_pretrained
 from backend.segmentation.masks import padded_low_res_target
-from backend.segmentation.sam2 import IMAGENET_MEAN, IMAGENET_STD
+from backend.segmentation.sam2 import imagenet_normalized
 from backend.segmentation.segmenter import Embedding
 
 compat.install()
@@ -39,7 +39,7 @@ class SamHQSegmenter(TransformersSegmenter):
             raise ImageError(f"a {width}x{height} image is too thin for SAM-HQ: its short side would vanish when "
                              f"the long side is scaled to {self.side} px", "image")
         resized = self.transform.apply_image(image)
-        normalized = (resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        normalized = imagenet_normalized(resized)
         padded = np.zeros((self.side, self.side, 3), np.float32)
         padded[: resized.shape[0], : resized.shape[1]] = normalized
         return torch.from_numpy(padded).permute(2, 0, 1).contiguous()[None], resized.shape[:2]
