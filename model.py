@@ -10,7 +10,9 @@ from backend.core.label_config import parse_label_config
 from backend.core.settings import get_settings
 from backend.core.versions import ModelVersions, model_version, project_model_version
 from backend.learning.annotations import AnnotationStore
+from backend.prelabel.concepts import predict_concepts
 from backend.prelabel.run import predict_tasks
+from backend.segmentation.concept_prompts import parse_concept_context
 from backend.segmentation.registry import TRAINABLE_DECODER, engine_spec
 from backend.segmentation.service import get_segmentation
 from backend.serving.ml_base import LabelStudioMLBase
@@ -33,6 +35,9 @@ class SamBackend(LabelStudioMLBase):
             return predict_tasks(tasks, config, self.project_id)
         if len(tasks) != 1:
             raise InputError(f"an interactive request carries exactly one task, got {len(tasks)}", "tasks")
+        concept = parse_concept_context(context, config, get_settings().max_prompt_points)
+        if concept is not None:  # a phrase or exemplar boxes: every matching instance (SAM 3)
+            return [predict_concepts(tasks[0], concept, config)]
         return [get_segmentation().predict(tasks[0], context, config, self.project_id)]
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:

@@ -7,25 +7,42 @@ MobileSAM (vit_t). Random weights: the box head is scaled down so boxes are the 
 (a random head gives zero-size boxes), and the threshold is 0 with `--detections` boxes per image,
 so every image costs one detector pass and that many box->mask decodes. Work goes through real RQ
 workers on a real redis-server; with 2 workers each gets 1 torch thread (2 cores in all).
+
+A second table times one process per route for 1, 5 and 20 labels (seconds per image, peak memory):
+OWLv2 + MobileSAM beside SAM 3 (PRELABEL_DETECTOR=sam3; the facebook/sam3 architecture, 848 M
+parameters, random weights), whose backbone runs once per image however many labels are asked.
+`--only workers|labels` runs one table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from common import ROOT, bench_images, print_table, random_checkpoint, redis_server
+from common import ROOT, bench_images, print_table, random_checkpoint, redis_server, seconds_row
 
-LABELS = ["person", "car", "dog", "chair", "bottle"]
-CONFIG = "<View><Image name='image' value='$image'/><BrushLabels name='tag' toName='image'>" + "".join(
-    f"<Label value='{label}'/>" for label in LABELS) + "</BrushLabels></View>"
+LABEL_POOL = ["person", "car", "dog", "chair", "bottle", "cat", "bicycle", "bus", "truck", "bird", "horse", "sheep",
+              "cow", "boat", "bench", "cup", "laptop", "tv", "plant", "umbrella"]
+LABELS = LABEL_POOL[:5]
+LABEL_COUNTS = (1, 5, 20)
+
+
+def config_of(labels: list[str]) -> str:
+    return "<View><Image name='image' value='$image'/><BrushLabels name='tag' toName='image'>" + "".join(
+        f"<Label value='{label}'/>" for label in labels) + "</BrushLabels></View>"
+
+
+CONFIG = config_of(LABELS)
 
 
 def job(path: str) -> int:
@@ -37,6 +54,66 @@ def job(path: str) -> int:
 
     prediction = prelabel_task({"id": 0, "data": {"image": path}}, parse_label_config(CONFIG), get_settings(), "bench")
     return len(prediction["result"])
+
+
+def measure(images: list[str]) -> dict:
+    """In a fresh process: seconds per image of the production path for each label count (a warm-up image
+    first, then distinct images per count, so no embedding is reused), and the process's peak RSS."""
+    sys.path.insert(0, str(ROOT))
+    from backend.core.label_config import parse_label_config
+    from backend.core.settings import get_settings
+    from backend.prelabel.run import prelabel_task
+
+    def once(path: str, labels: list[str]) -> float:
+        started = time.perf_counter()
+        prelabel_task({"id": 0, "data": {"image": path}}, parse_label_config(config_of(labels)), get_settings())
+        return time.perf_counter() - started
+
+    once(images[0], LABEL_POOL[:1])
+    per_count = (len(images) - 1) // len(LABEL_COUNTS)
+    seconds = {count: [once(path, LABEL_POOL[:count]) for path in images[1 + i * per_count: 1 + (i + 1) * per_count]]
+               for i, count in enumerate(LABEL_COUNTS)}
+    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def save_sam3_random(folder: Path) -> Path:
+    """The facebook/sam3 architecture (Sam3VideoConfig's defaults) with random weights, in its layout."""
+    sys.path.insert(0, str(ROOT))
+    from safetensors.torch import save_file
+    from transformers import Sam3VideoConfig, Sam3VideoModel
+
+    from tests.helpers import offline_clip_tokenizer
+
+    torch.manual_seed(0)
+    config = Sam3VideoConfig()
+    model = Sam3VideoModel(config).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    offline_clip_tokenizer(32)[0].save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    return folder
+
+
+def labels_table(tmp: Path, base_env: dict, per_count: int) -> None:
+    images = [str(p) for p in bench_images(tmp / "label-images", 1 + per_count * len(LABEL_COUNTS), 1024)]
+    routes = {"OWLv2 base/16 + MobileSAM": {},
+              "SAM 3 (concepts)": {"SAM_ENGINE": "sam3", "SAM_CHECKPOINT": str(save_sam3_random(tmp / "sam3")),
+                                   "PRELABEL_DETECTOR": "sam3"}}
+    rows = []
+    for name, extra in routes.items():
+        done = subprocess.run([sys.executable, __file__, "--measure", json.dumps(images)], cwd=ROOT / "bench",
+                              env={**os.environ, **base_env, **extra, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"},
+                              capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        one = float(np.median(result["seconds"][str(LABEL_COUNTS[0])]))
+        rows += [{**seconds_row(f"{name}, {count} labels", result["seconds"][str(count)], one),
+                  "peak MiB": round(result["peak_rss_mb"])} for count in LABEL_COUNTS]
+    print(f"seconds per 1024 px image by number of labels (MAX_DETECTIONS={base_env['MAX_DETECTIONS']}, threshold 0, "
+          f"{per_count} images per row, one process per route, 2 threads)")
+    print_table(rows, ["what", "median s", "p95 s", "ratio", "peak MiB"])  # ratio: to the route's 1-label median
 
 
 def save_owlv2_base(folder: Path) -> Path:
@@ -93,16 +170,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--detections", type=int, default=10)
+    parser.add_argument("--label-images", type=int, default=2, help="images per row of the labels table")
+    parser.add_argument("--only", choices=["workers", "labels"])
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one route's process
     args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(json.loads(args.measure))))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        env = {"SAM_ENGINE": "vit_t", "SAM_CHECKPOINT": str(random_checkpoint("vit_t", tmp)),
+               "SAM_DOWNLOAD": "false", "DETECTOR_MODEL": str(save_owlv2_base(tmp / "owlv2")),
+               "DETECTOR_THRESHOLD": "0", "MAX_DETECTIONS": str(args.detections), "HF_HUB_OFFLINE": "1",
+               "LOCAL_FILES_DOCUMENT_ROOT": str(tmp), "MODEL_DIR": str(tmp / "models"),
+               "EMBEDDING_CACHE_MB": "64", "EMBEDDING_DISK_MB": "0", "LOG_LEVEL": "WARNING"}
+        if args.only != "workers":
+            labels_table(tmp, env, args.label_images)
+        if args.only == "labels":
+            return
         with redis_server() as redis_url:
             images = bench_images(tmp / "images", args.images, 1024)
-            env = {"SAM_ENGINE": "vit_t", "SAM_CHECKPOINT": str(random_checkpoint("vit_t", tmp)),
-                   "SAM_DOWNLOAD": "false", "DETECTOR_MODEL": str(save_owlv2_base(tmp / "owlv2")),
-                   "DETECTOR_THRESHOLD": "0", "MAX_DETECTIONS": str(args.detections), "HF_HUB_OFFLINE": "1",
-                   "LOCAL_FILES_DOCUMENT_ROOT": str(tmp), "MODEL_DIR": str(tmp / "models"),
-                   "EMBEDDING_CACHE_MB": "64", "LOG_LEVEL": "WARNING"}
             rows = []
             for workers in (1, 2):
                 seconds = run(workers, images, env, redis_url)

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import TRANSFORMERS_FAMILIES, free_port, sam_env, save_tiny_sam  # noqa: E402
+from tests.helpers import TRANSFORMERS_FAMILIES, free_port, sam_env, save_tiny_sam, save_tiny_sam3  # noqa: E402
 
 
 def _snapshot(folder: Path) -> dict[str, int]:
@@ -52,6 +52,12 @@ def tiny_families(tmp_path_factory) -> dict[str, Path]:
     return {family: save(folder / f"tiny-{family}") for family, save in TRANSFORMERS_FAMILIES.items()}
 
 
+@pytest.fixture(scope="session")
+def tiny_sam3(tmp_path_factory) -> Path:
+    """A tiny random-weight SAM 3 in facebook/sam3's layout (folder name tiny-sam3)."""
+    return save_tiny_sam3(tmp_path_factory.mktemp("sam3") / "tiny-sam3")
+
+
 @pytest.fixture
 def configure(monkeypatch, tmp_path):
     """Set backend settings for one test (environment variables) and reset the process-wide service."""
@@ -65,6 +71,7 @@ def configure(monkeypatch, tmp_path):
         reset_segmentation()
 
     for key in ("REDIS_URL", "SAM_CHECKPOINT", "DETECTOR_MODEL", "PRELABEL_MODE", "CATEGORY_ALIASES",
+                "PRELABEL_DETECTOR", "SAM3_CHECKPOINT",
                 "SAM_ENGINE", "SAM_ARCH_OVERRIDES", "BASIC_AUTH_USER",
                 "BASIC_AUTH_PASS", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LOCAL_FILES_DOCUMENT_ROOT"):
         monkeypatch.delenv(key, raising=False)

@@ -74,7 +74,77 @@ def save_tiny_sam_hq(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def save_tiny_sam3(folder: Path, seed: int = 0) -> Path:
+    """A random-weight SAM 3 (detector, tracker and tracker neck of transformers' Sam3VideoModel) at tiny size,
+    saved as facebook/sam3 is laid out: a `sam3_video` config, one safetensors file of the model's own
+    parameter names, and a tokenizer (an offline byte-level CLIP one)."""
+    from safetensors.torch import save_file
+    from transformers import Sam3VideoConfig, Sam3VideoModel
+
+    tokenizer, vocab = offline_clip_tokenizer(32)
+    vit = {"model_type": "sam3_vit_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 2, "image_size": 112, "patch_size": 14, "window_size": 4, "global_attn_indexes": [1],
+           "pretrain_image_size": 56}
+    vision = {"model_type": "sam3_vision_model", "backbone_config": vit, "fpn_hidden_size": 32,
+              "backbone_feature_sizes": [[32, 32], [16, 16], [8, 8]]}
+    text = {"model_type": "clip_text_model", "vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
+            "projection_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 32,
+            "bos_token_id": len(vocab) - 2, "eos_token_id": len(vocab) - 1, "pad_token_id": vocab["!"]}
+    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+    detector = {"vision_config": vision, "text_config": text,
+                "geometry_encoder_config": {**small, "num_layers": 1, "roi_size": 3},
+                "detr_encoder_config": {**small, "num_layers": 1},
+                "detr_decoder_config": {**small, "num_layers": 2, "num_queries": 20},
+                "mask_decoder_config": {"hidden_size": 32, "num_attention_heads": 2}}
+    tracker = {"image_size": 112, "vision_config": vision,
+               "prompt_encoder_config": {"hidden_size": 32, "image_size": 112, "patch_size": 14},
+               "mask_decoder_config": {"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2,
+                                       "iou_head_hidden_dim": 32}}
+    torch.manual_seed(seed)
+    config = Sam3VideoConfig(detector_config=detector, tracker_config=tracker)
+    model = Sam3VideoModel(config).eval()
+    with torch.no_grad():  # trained weights have other scales than initial ones; where a term stays ~0, leaving it
+        tracker = model.tracker_model  # out would not show: give the tracker logits and high-res maps weight
+        tracker.no_memory_embedding.normal_()
+        for mlp in tracker.mask_decoder.output_hypernetworks_mlps:
+            mlp.proj_out.weight.mul_(100.0)
+        for conv in (tracker.mask_decoder.conv_s0, tracker.mask_decoder.conv_s1):
+            conv.weight.mul_(50.0)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    return folder
+
+
 TRANSFORMERS_FAMILIES = {"sam2": save_tiny_sam2, "sam_hq": save_tiny_sam_hq}
+
+
+def load_through_hub_cache(engine: str, tmp_path: Path, repo_id: str | None = None, folder: Path | None = None,
+                           **env: str):
+    """`load_segmenter` of SAM_ENGINE=`engine` without SAM_CHECKPOINT (its default hub id), in a subprocess with
+    HF_HUB_OFFLINE=1 and a hub cache in `tmp_path` that holds `folder` as a download of `repo_id` would leave it
+    (nothing when `folder` is None). Prints the fingerprint and the model version; returns the finished process."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    if folder is not None:
+        snapshot = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+        shutil.copytree(folder, snapshot)
+        (snapshot.parents[1] / "refs").mkdir()
+        (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    code = ("from backend.core.settings import get_settings; from backend.core.versions import model_version;"
+            "from backend.segmentation.registry import load_segmenter;"
+            "s = get_settings(); print(load_segmenter(s).fingerprint, model_version(s))")
+    environment = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "SAM_ENGINE": engine,
+                   "MODEL_DIR": str(tmp_path / "models"), **env}
+    if "SAM_CHECKPOINT" not in env:
+        environment.pop("SAM_CHECKPOINT", None)
+    return subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=120)
 
 
 def sam_env(engine: str, checkpoint: Path) -> dict[str, str]:

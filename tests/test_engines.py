@@ -230,9 +230,17 @@ def test_a_download_with_a_hash_in_its_name_is_checked(tmp_path, file_server, ti
 
 def test_the_engine_table_says_what_each_engine_can_do(tmp_path):
     from backend.core.errors import ModelUnavailableError
-    from backend.segmentation.registry import ENGINES, EVERYTHING, NO_WEIGHTS, TRAINABLE_DECODER, engine_spec
+    from backend.segmentation.registry import (
+        CONCEPTS,
+        ENGINES,
+        EVERYTHING,
+        NO_WEIGHTS,
+        TRAINABLE_DECODER,
+        engine_spec,
+    )
 
-    assert set(ENGINES) == {"vit_h", "vit_l", "vit_b", "vit_t", "sam2", "sam_hq", "grabcut"}
+    assert set(ENGINES) == {"vit_h", "vit_l", "vit_b", "vit_t", "sam2", "sam_hq", "sam3", "grabcut"}
+    assert [name for name, spec in ENGINES.items() if spec.can(CONCEPTS)] == ["sam3"]
     assert all(ENGINES[name].can(TRAINABLE_DECODER) and ENGINES[name].can(EVERYTHING)
                for name in ("vit_b", "vit_t", "sam2", "sam_hq"))
     assert not ENGINES["grabcut"].can(TRAINABLE_DECODER) and ENGINES["grabcut"].weights == NO_WEIGHTS

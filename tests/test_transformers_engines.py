@@ -4,10 +4,6 @@ mode, fine-tuning, model versions and the HTTP routes, on tiny random-weight mod
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +27,7 @@ from tests.helpers import (
     encode_image,
     iou,
     keypoint,
+    load_through_hub_cache,
     predict_body,
     rectangle,
     sam_env,
@@ -195,22 +192,11 @@ def test_missing_or_wrong_weights_give_one_clear_error(tiny_families, tmp_path):
 def test_the_default_hub_id_loads_from_the_hub_cache_offline(tiny_families, tmp_path):
     """No SAM_CHECKPOINT: `facebook/sam2.1-hiera-tiny` resolves through huggingface_hub's cache (filled here in
     the hub's layout, as a download would leave it), the same from_pretrained path as on a networked machine."""
-    snapshot = tmp_path / "hub" / "models--facebook--sam2.1-hiera-tiny" / "snapshots" / ("0" * 40)
-    shutil.copytree(tiny_families["sam2"], snapshot)
-    (snapshot.parents[1] / "refs").mkdir()
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    code = ("from backend.core.settings import get_settings; from backend.core.versions import model_version;"
-            "from backend.segmentation.registry import load_segmenter;"
-            "s = get_settings(); print(load_segmenter(s).fingerprint, model_version(s))")
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "SAM_ENGINE": "sam2",
-           "MODEL_DIR": str(tmp_path / "models")}
-    env.pop("SAM_CHECKPOINT", None)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = load_through_hub_cache("sam2", tmp_path, "facebook/sam2.1-hiera-tiny", tiny_families["sam2"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "sam2-sam2.1-hiera-tiny"
-    env["SAM_CHECKPOINT"] = "facebook/sam2.1-hiera-large"  # not in the cache: the one clear error
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
+    done = load_through_hub_cache("sam2", tmp_path / "again", SAM_CHECKPOINT="facebook/sam2.1-hiera-large")
+    assert done.returncode != 0  # not in the cache: the one clear error
     assert "SAM_CHECKPOINT" in done.stderr and "HF_HUB_OFFLINE is set" in done.stderr
 
 

@@ -21,6 +21,7 @@ OFFICIAL_CHECKPOINTS = {
 HUB_CHECKPOINTS = {  # engines loaded with transformers' from_pretrained: their default hub ids
     "sam2": "facebook/sam2.1-hiera-tiny",
     "sam_hq": "syscv-community/sam-hq-vit-base",
+    "sam3": "facebook/sam3",  # Meta's SAM License, gated: never the default engine
 }
 
 
@@ -32,8 +33,8 @@ def _env_bool(value: str) -> bool:
 class Settings:
     """Backend settings. Each field is read from the environment variable of the same name, upper-cased."""
 
-    sam_engine: str = "vit_t"  # vit_t (MobileSAM) | vit_b | vit_l | vit_h | sam2 | sam_hq | grabcut (no weights)
-    sam_checkpoint: str = ""  # default: MODEL_DIR/checkpoints/<official file name>; sam2/sam_hq: a hub id or folder
+    sam_engine: str = "vit_t"  # vit_t (MobileSAM), vit_b, vit_l, vit_h, sam2, sam_hq, sam3, grabcut (no weights)
+    sam_checkpoint: str = ""  # default: MODEL_DIR/checkpoints/<official file name>; sam2/sam_hq/sam3: hub id or folder
     sam_checkpoint_url: str = ""  # default: the official download URL of the engine
     sam_download: bool = True  # fetch a missing checkpoint from SAM_CHECKPOINT_URL where the network allows
     sam_arch_overrides: str = ""  # JSON of architecture sizes, for custom-size checkpoints
@@ -68,6 +69,8 @@ class Settings:
     max_project_annotations: int = 20000  # annotations kept for training per project
     polygon_epsilon: float = 1.5  # contour simplification tolerance, in pixels
     prelabel_mode: str = "categories"  # batch predict without clicks: categories (detector) | everything | off
+    prelabel_detector: str = "boxes"  # boxes: DETECTOR_MODEL boxes, SAM_ENGINE masks | sam3: SAM 3 concept masks
+    sam3_checkpoint: str = ""  # SAM 3 for concepts when SAM_ENGINE is not sam3 (default facebook/sam3)
     detector_model: str = "google/owlv2-base-patch16-ensemble"  # or IDEA-Research/grounding-dino-tiny, or a folder
     detector_threshold: float = 0.3  # detections below this score are dropped
     category_aliases: str = ""  # JSON {"Label": "prompt text" or ["text", ...]} when the label is not a good prompt
@@ -142,6 +145,7 @@ class Settings:
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must not be negative, got {getattr(self, name)}")
         for name, allowed in (("prelabel_mode", ("categories", "everything", "off")),
+                              ("prelabel_detector", ("boxes", "sam3")),
                               ("encoder_runtime", ("torch", "onnx", "auto")),
                               ("synthesis_engine", ("kandinsky", "sd2"))):
             if getattr(self, name) not in allowed:

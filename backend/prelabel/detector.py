@@ -8,6 +8,7 @@ folder saved with save_pretrained.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,11 +96,12 @@ def get_detector(name: str, device: str = "cpu") -> TextDetector:
     return _detectors.get(name, device)
 
 
-def non_max_suppression(detections: list[Detection], iou_threshold: float = 0.5) -> list[Detection]:
-    """Greedy per-prompt NMS, best score first."""
+def non_max_suppression(detections: list[Detection], iou_threshold: float = 0.5,
+                        group: Callable[[Detection], object] = lambda d: d.prompt) -> list[Detection]:
+    """Greedy NMS within each group (default: per prompt; pre-labeling groups by label), best score first."""
     kept: list[Detection] = []
     for detection in sorted(detections, key=lambda d: -d.score):
-        if all(d.prompt != detection.prompt or box_iou(d.box, detection.box) < iou_threshold for d in kept):
+        if all(group(d) != group(detection) or box_iou(d.box, detection.box) < iou_threshold for d in kept):
             kept.append(detection)
     return kept
 

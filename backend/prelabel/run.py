@@ -1,4 +1,7 @@
-"""Pre-labeling without clicks: the config's categories -> detector boxes -> segmenter masks.
+"""Pre-labeling without clicks: the config's categories -> labeled masks, by one of the routes in ROUTES
+(PRELABEL_DETECTOR=boxes: detector boxes -> segmenter masks; sam3: SAM 3 concept masks; PRELABEL_MODE=
+everything: the engine's automatic masks). A route is a function returning Regions; adding one is a file
+and a row.
 
 Used by `predict` when Label Studio asks without an interactive context (batch pre-annotation,
 "Retrieve predictions", auto-annotation on import), by the queue jobs, and by
@@ -15,6 +18,8 @@ import argparse
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,10 +27,10 @@ from backend.core.errors import BackendError, InputError
 from backend.core.label_config import LabelConfig, parse_label_config
 from backend.core.settings import Settings, get_settings
 from backend.core.versions import project_model_version
-from backend.io.images import read_task_image
+from backend.io.images import TaskImage, read_task_image
 from backend.io.ls_client import ERROR_FIELD, call, make_client, note_task_error, read_task, read_tasks
-from backend.prelabel.detector import Detection, get_detector, non_max_suppression
-from backend.segmentation.masks import mask_results
+from backend.prelabel.detector import get_detector, non_max_suppression
+from backend.prelabel.regions import Region, prediction
 from backend.segmentation.prompts import Prompt
 from backend.segmentation.registry import EVERYTHING
 from backend.segmentation.service import SegmentationService, get_segmentation, task_image_url
@@ -66,46 +71,70 @@ def _closest_label(text: str, config: LabelConfig) -> str:
     return config.outputs[0].labels[0]
 
 
+Route = Callable[[SegmentationService, TaskImage, LabelConfig, Settings, dict, str], list[Region]]
+
+
+def labeled_prompts(config: LabelConfig, settings: Settings, task: dict) -> list[tuple[str, str]]:
+    """category_prompts, refused when there is nothing to look for."""
+    pairs = category_prompts(config, settings, task)
+    if not pairs:
+        raise InputError("the labeling config has no labels to detect", "label_config")
+    return pairs
+
+
+def box_regions(service: SegmentationService, image: TaskImage, config: LabelConfig, settings: Settings,
+                task: dict, project_id: str) -> list[Region]:
+    """PRELABEL_DETECTOR=boxes: DETECTOR_MODEL boxes for every category, each segmented by SAM_ENGINE (the
+    project's fine-tuned decoder if any)."""
+    pairs = labeled_prompts(config, settings, task)
+    detector = get_detector(settings.detector_model, settings.device)
+    found = detector.detect(image.pixels(settings), [text for _, text in pairs], settings.detector_threshold)
+    found = non_max_suppression(found, group=lambda d: pairs[d.prompt][0])[: settings.max_detections]
+    segmenter = service.segmenter_for(project_id)
+    regions = []
+    for detection in found:
+        control, label = config.output_for(pairs[detection.prompt][0])
+        result = service.segment(image, Prompt(box=np.array(detection.box, np.float32)), segmenter)
+        regions.append(Region(control, label, result.mask, float(detection.score)))
+    log_found(task.get("id"), [pairs[d.prompt][0] for d in found])
+    return regions
+
+
+def everything_regions(service: SegmentationService, image: TaskImage, config: LabelConfig, settings: Settings,
+                       task: dict, project_id: str) -> list[Region]:
+    """PRELABEL_MODE=everything: the engine's automatic masks, with the first label of the first mask control."""
+    control = config.outputs[0]
+    found = everything_masks(service, image, settings)
+    return [Region(control, control.labels[0], mask, score) for mask, score in found]
+
+
+def _concept_regions(*args) -> list[Region]:
+    from backend.prelabel.concepts import concept_regions
+
+    return concept_regions(*args)
+
+
+ROUTES: dict[str, Route] = {"boxes": box_regions, "sam3": _concept_regions, "everything": everything_regions}
+
+
+def route_name(settings: Settings) -> str:
+    """PRELABEL_MODE=everything, else the PRELABEL_DETECTOR route of the categories mode."""
+    return "everything" if settings.prelabel_mode == "everything" else settings.prelabel_detector
+
+
 def prelabel_task(task: dict, config: LabelConfig, settings: Settings,
                   service: SegmentationService | None = None, project_id: str = "") -> dict:
-    """One task's prediction: a mask (brush or polygons) per detected object, labeled and scored."""
+    """One task's prediction: a mask (brush or polygons) per found object, labeled and scored."""
     service = service or get_segmentation()
     url, task_id = task_image_url(task, config)
     image = read_task_image(url, settings, task_id)
-    segmenter = service.segmenter_for(project_id)
-    if settings.prelabel_mode == "everything":
-        masks = everything_masks(service, image, settings)
-        control = config.outputs[0]
-        items = [item for mask, score in masks for item in mask_results(mask, score, control, control.labels[0],
-                                                                        settings.polygon_epsilon)]
-        scores = [score for _, score in masks]
-    else:
-        pairs = category_prompts(config, settings, task)
-        if not pairs:
-            raise InputError("the labeling config has no labels to detect", "label_config")
-        pixels = image.pixels(settings)
-        detector = get_detector(settings.detector_model, settings.device)
-        found = detector.detect(pixels, [text for _, text in pairs], settings.detector_threshold)
-        found = non_max_suppression(found)[: settings.max_detections]
-        items, scores = [], []
-        for detection in found:
-            label = pairs[detection.prompt][0]
-            control, label = config.output_for(label)
-            result = service.segment(image, Prompt(box=np.array(detection.box, np.float32)), segmenter)
-            if not result.mask.any():
-                continue
-            score = float(detection.score)
-            items += mask_results(result.mask, score, control, label, settings.polygon_epsilon)
-            scores.append(score)
-        _log_detections(task_id, found, pairs)
-    return {"result": items, "score": float(np.mean(scores)) if scores else 0.0,
-            "model_version": service.version_of(segmenter)}
+    regions = ROUTES[route_name(settings)](service, image, config, settings, task, project_id)
+    version = service.version_of(service.segmenter_for(project_id))
+    return prediction(regions, version, settings.polygon_epsilon)
 
 
-def _log_detections(task_id, found: list[Detection], pairs: list[tuple[str, str]]) -> None:
-    counts: dict[str, int] = {}
-    for detection in found:
-        counts[pairs[detection.prompt][0]] = counts.get(pairs[detection.prompt][0], 0) + 1
+def log_found(task_id, labels: list[str]) -> None:
+    counts = Counter(labels)
     logger.info("task %s: %s", task_id, ", ".join(f"{n} {label}" for label, n in counts.items()) or "nothing found")
 
 

@@ -54,3 +54,17 @@ def install() -> list[str]:
     logger.debug("imported SAM with import shims for %s", ", ".join(missing))
     _done = missing
     return _done
+
+
+def provide_torchvision_ops(module) -> None:
+    """Give a transformers modeling module that found no torchvision at import the shim's ops (SAM 3's exemplar
+    boxes call `torchvision.ops.roi_align`). The shim is loaded under a private name, never as `torchvision`."""
+    if hasattr(module, "torchvision"):
+        return
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("_shim_roi_align", SHIM_DIR / "torchvision" / "ops" / "roi_align.py")
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    module.torchvision = SimpleNamespace(ops=SimpleNamespace(roi_align=shim.roi_align))

@@ -26,13 +26,17 @@ from backend.segmentation.segmenter import Embedding, MaskResult, PerImageMemo
 logger = logging.getLogger(__name__)
 
 
-def load_pretrained(settings: Settings, model_class, model_type: str) -> torch.nn.Module:
+MODEL_TYPES = {"sam2": "sam2", "sam_hq": "sam_hq", "sam3": "sam3_video"}  # SAM_ENGINE -> its config's model_type
+
+
+def load_pretrained(settings: Settings, model_class) -> torch.nn.Module:
     """`model_class.from_pretrained(SAM_CHECKPOINT)`: a folder, or a hub id (downloaded to the hub cache where
     the network allows and SAM_DOWNLOAD is on). A folder of another family names the engine to use."""
     from transformers import AutoConfig
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # no "Loading weights" bars in the server log
+    model_type = MODEL_TYPES[settings.sam_engine]
     source = settings.checkpoint_source
     local_only = not settings.sam_download
     if Path(source).is_file():
@@ -42,8 +46,9 @@ def load_pretrained(settings: Settings, model_class, model_type: str) -> torch.n
 
     def load(name: str):
         config = AutoConfig.from_pretrained(name, local_files_only=local_only)
-        if config.model_type != model_type:  # the SAM_ENGINE names of these families are their model types
-            hint = f"; set SAM_ENGINE={config.model_type}" if config.model_type in HUB_CHECKPOINTS else ""
+        if config.model_type != model_type:
+            engine = next((e for e, t in MODEL_TYPES.items() if t == config.model_type), None)
+            hint = f"; set SAM_ENGINE={engine}" if engine else ""
             raise ValueError(f"it holds a {config.model_type!r} model, not {model_type!r}{hint}")
         return model_class.from_pretrained(name, local_files_only=local_only)
 

@@ -77,6 +77,20 @@ def _rotated_bounds(x: float, y: float, w: float, h: float, degrees: float) -> t
     return min(xs), min(ys), max(xs), max(ys)
 
 
+def rectangle_bounds(value: dict, where: str) -> tuple[float, float, float, float]:
+    """A Label Studio rectangle's (x0, y0, x1, y1) in percent of the image, rotation applied; InputError naming
+    `where` for a missing, infinite, empty or outside value."""
+    x, y = _percent(value.get("x"), where, "x"), _percent(value.get("y"), where, "y")
+    w = _number(value.get("width"), where, "width")
+    h = _number(value.get("height"), where, "height")
+    if w <= 0 or h <= 0:
+        raise InputError(f"rectangle has no area (width={w:g}%, height={h:g}%)", where)
+    x0, y0, x1, y1 = _rotated_bounds(x, y, w, h, _number(value.get("rotation", 0) or 0, where, "rotation"))
+    for name, edge in (("x + width", x1), ("y + height", y1)):
+        _percent(edge, where, name)
+    return max(x0, 0.0), max(y0, 0.0), min(x1, 100.0), min(y1, 100.0)
+
+
 def _label_of(item: dict, kind: str, where: str) -> str | None:
     labels = item["value"].get(kind)
     if labels is None:
@@ -113,15 +127,7 @@ def parse_context(context: object, max_points: int = 64) -> ContextPrompt:
         elif kind in BOX_TYPES:
             if box is not None:
                 raise InputError("only one rectangle per request; send each box on its own", where)
-            x, y = _percent(value.get("x"), where, "x"), _percent(value.get("y"), where, "y")
-            w = _number(value.get("width"), where, "width")
-            h = _number(value.get("height"), where, "height")
-            if w <= 0 or h <= 0:
-                raise InputError(f"rectangle has no area (width={w:g}%, height={h:g}%)", where)
-            x0, y0, x1, y1 = _rotated_bounds(x, y, w, h, _number(value.get("rotation", 0) or 0, where, "rotation"))
-            for name, edge in (("x + width", x1), ("y + height", y1)):
-                _percent(edge, where, name)
-            box = (max(x0, 0.0), max(y0, 0.0), min(x1, 100.0), min(y1, 100.0))
+            box = rectangle_bounds(value, where)
         else:
             raise InputError(f"unsupported prompt type {kind!r}; use KeyPointLabels or RectangleLabels", where)
         if label is None:

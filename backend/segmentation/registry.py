@@ -191,6 +191,7 @@ def load_sam(settings: Settings) -> Sam:
 # ---------------------------------------------------------------- the engine table
 CLICKS, BOX, MULTIMASK, EVERYTHING = "clicks", "box", "multimask", "everything"
 TRAINABLE_DECODER, FAST_DECODER = "trainable_decoder", "fast_decoder"
+CONCEPTS = "concepts"  # every instance of a phrase or of exemplar boxes (Segmenter.concepts)
 FILE, PRETRAINED, NO_WEIGHTS = "file", "pretrained", "none"  # what SAM_CHECKPOINT names for an engine
 
 
@@ -237,12 +238,19 @@ def _load_sam_hq(settings: Settings) -> Segmenter:
     return load_sam_hq(settings)
 
 
+def _load_sam3(settings: Settings) -> Segmenter:
+    from backend.segmentation.sam3 import load_sam3
+
+    return load_sam3(settings)
+
+
 _SAM = frozenset({CLICKS, BOX, MULTIMASK, EVERYTHING, TRAINABLE_DECODER, FAST_DECODER})
 _TRANSFORMERS_SAM = _SAM - {FAST_DECODER}
 ENGINES: dict[str, EngineSpec] = {
     **{name: EngineSpec(name, _load_sam, _SAM) for name in SAM_ARCHITECTURES},
     "sam2": EngineSpec("sam2", _load_sam2, _TRANSFORMERS_SAM, weights=PRETRAINED),
     "sam_hq": EngineSpec("sam_hq", _load_sam_hq, _TRANSFORMERS_SAM, weights=PRETRAINED),
+    "sam3": EngineSpec("sam3", _load_sam3, (_TRANSFORMERS_SAM - {TRAINABLE_DECODER}) | {CONCEPTS}, weights=PRETRAINED),
     "grabcut": EngineSpec("grabcut", _load_grabcut, frozenset({CLICKS, BOX}), weights=NO_WEIGHTS),
 }
 

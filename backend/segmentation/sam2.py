@@ -73,6 +73,6 @@ class Sam2Segmenter(TransformersSegmenter):
 def load_sam2(settings: Settings) -> Sam2Segmenter:
     from transformers import Sam2Model
 
-    model = load_pretrained(settings, Sam2Model, "sam2")
+    model = load_pretrained(settings, Sam2Model)
     return Sam2Segmenter(model, settings.sam_engine, resolve_device(settings.device),
                          float16_features=settings.embedding_float16)

@@ -79,6 +79,6 @@ class SamHQSegmenter(TransformersSegmenter):
 def load_sam_hq(settings: Settings) -> SamHQSegmenter:
     from transformers import SamHQModel
 
-    model = load_pretrained(settings, SamHQModel, "sam_hq")
+    model = load_pretrained(settings, SamHQModel)
     return SamHQSegmenter(model, settings.sam_engine, resolve_device(settings.device),
                           float16_features=settings.embedding_float16)

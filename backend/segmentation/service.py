@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from backend.io.images import TaskImage, read_task_image
 from backend.segmentation.embedding_cache import EmbeddingCache, cache_key, make_cache
 from backend.segmentation.masks import mask_results
 from backend.segmentation.prompts import ContextPrompt, Prompt, parse_context
-from backend.segmentation.registry import TRAINABLE_DECODER, SegmenterHolder
+from backend.segmentation.registry import CONCEPTS, TRAINABLE_DECODER, SegmenterHolder
 from backend.segmentation.segmenter import Embedding, MaskResult, Segmenter
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class SegmentationService:
         self._inflight: dict[str, threading.Lock] = {}
         self._inflight_lock = threading.Lock()
         self._tuned: ModelCache[Segmenter] = ModelCache(self._load_tuned, keep=8)
+        self._concepts: SegmentationService | None = None
 
     def segmenter_for(self, project_id: str = "") -> Segmenter:
         """The project's active fine-tuned segmenter (see `fit`), else the base engine."""
@@ -78,6 +79,18 @@ class SegmentationService:
         if active is None:
             return base
         return self._tuned.get(project_id, active.name, active.weights.stat().st_mtime_ns)
+
+    def concept_service(self) -> SegmentationService:
+        """The service whose engine answers concept prompts (phrases, exemplars): this one on SAM_ENGINE=sam3,
+        else a SAM 3 of SAM3_CHECKPOINT beside it, sharing the embedding cache (keys carry the fingerprint)."""
+        if self.engine.spec().can(CONCEPTS):
+            return self
+        with self._inflight_lock:
+            if self._concepts is None:
+                settings = replace(self.settings, sam_engine="sam3", sam_checkpoint=self.settings.sam3_checkpoint)
+                self._concepts = SegmentationService(settings, self.cache)
+                self._concepts.counters = self.counters
+            return self._concepts
 
     def _load_tuned(self, project_id: str, name: str, mtime_ns: int) -> Segmenter:
         """The base engine with a project's fine-tuned decoder (`mtime_ns` keys a rewritten version file)."""

@@ -58,6 +58,7 @@ SHIPPED_CONFIGS = {  # config file -> texts its page must show
     "label_config.xml": ["Click: pick a label", "Box: pick a label", "Masks"],
     "label_configs/polygon.xml": ["Click: pick a label", "Box: pick a label", "Polygons"],
     "label_configs/depth.xml": ["Depth (Depth Anything", "Click: pick the label"],
+    "label_configs/concepts.xml": ["Find all like this", "Find all by phrase", "Masks"],
     "label_configs/synthesis.xml": ["1. Mark the region", "2. What should appear", "Number of new images", "Engine",
                                     "Mode"],
 }
