@@ -1,4 +1,4 @@
-"""Command line: python -m backend {prelabel,depth,train,evaluate,export} ... (each has --help)."""
+"""Command line: python -m backend {prelabel,depth,train,train-generator,evaluate,export} ... (each has --help)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ COMMANDS = {
     "prelabel": "backend.prelabel.run",
     "depth": "backend.depth.estimate",
     "train": "backend.learning.training",
+    "train-generator": "backend.synthesis.lora",
     "evaluate": "backend.evaluation.evaluate",
     "export": "backend.export.run",
 }

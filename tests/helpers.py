@@ -253,6 +253,27 @@ def save_tiny_depth_anything(folder: Path, metric: bool = False) -> Path:
     return folder
 
 
+def save_tiny_prompt_depth_anything(folder: Path) -> Path:
+    """A random-weight Prompt Depth Anything (DINOv2 backbone, DPT head with prompt-depth fusion) at tiny size,
+    saved with save_pretrained with its (PIL) image processor."""
+    from transformers import Dinov2Config, PromptDepthAnythingConfig, PromptDepthAnythingForDepthEstimation
+    from transformers.models.prompt_depth_anything.image_processing_pil_prompt_depth_anything import (
+        PromptDepthAnythingImageProcessorPil,
+    )
+
+    torch.manual_seed(0)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=70, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = PromptDepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32,
+                                       neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
+                                       depth_estimation_type="metric", max_depth=20)
+    PromptDepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    PromptDepthAnythingImageProcessorPil(size={"height": 70, "width": 70}, keep_aspect_ratio=True,
+                                         ensure_multiple_of=14).save_pretrained(folder)
+    return folder
+
+
 def save_tiny_owlv2(folder: Path) -> Path:
     """A random-weight OWLv2 detector with an offline byte-level CLIP tokenizer, saved with save_pretrained."""
     from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor

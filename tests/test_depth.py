@@ -11,7 +11,7 @@ import pytest
 from backend.core.errors import BackendError, ImageError, ModelUnavailableError
 from backend.core.settings import Settings
 from backend.depth.estimate import DepthEstimator, depth_for_task
-from tests.helpers import data_uri, disk_image, encode_image, save_tiny_depth_anything
+from tests.helpers import data_uri, disk_image, encode_image, save_tiny_depth_anything, save_tiny_prompt_depth_anything
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,62 @@ def test_depth_goes_to_an_s3_compatible_bucket_by_setting(tiny_depth, tmp_path, 
         with pytest.raises(BackendError, match="cannot write s3://no-such-bucket") as error:
             depth_for_task(task, missing)
         assert error.value.where == "OUTPUT_S3_BUCKET"
+
+
+@pytest.fixture(scope="module")
+def tiny_prompt_depth(tmp_path_factory):
+    return save_tiny_prompt_depth_anything(tmp_path_factory.mktemp("prompt-depth") / "promptda")
+
+
+def sensor_png(millimetres: np.ndarray) -> str:
+    return data_uri(cv2.imencode(".png", millimetres.astype(np.uint16))[1].tobytes())
+
+
+def test_a_sensor_depth_in_the_task_is_refined_by_prompt_depth_anything(tiny_depth, tiny_prompt_depth, tmp_path):
+    settings = settings_for(tiny_depth["relative"], tmp_path, prompt_depth_model=str(tiny_prompt_depth))
+    image, _ = disk_image(width=120, height=90)
+    near = np.full((24, 32), 1500, np.uint16)  # a phone's low-resolution LiDAR map, millimetres
+    near[8:16, 10:20] = 800
+    task = {"id": 11, "data": {"image": data_uri(encode_image(image)), "depth_prompt": sensor_png(near)}}
+    fields = depth_for_task(task, settings)
+    meta = fields["depth_meta"]
+    assert meta["kind"] == "metric" and meta["unit"] == "m" and meta["source"] == "image + depth_prompt"
+    assert meta["model"] == str(tiny_prompt_depth)
+    refined = np.load(tmp_path / "files/outputs/depth/11_image.npy")
+    assert refined.shape == (90, 120) and 0.5 < refined.mean() < 2.0  # metres, on the prompt's scale
+
+    far = sensor_png(near.astype(np.float32) * 3)  # the same scene three times as far: the output follows
+    depth_for_task({"id": 12, "data": {**task["data"], "depth_prompt": far}}, settings)
+    assert np.load(tmp_path / "files/outputs/depth/12_image.npy").mean() > 2 * refined.mean()
+
+    # a .npy in metres below the local-files root works the same
+    np.save(tmp_path / "files" / "sensor.npy", near.astype(np.float32) / 1000)
+    fields = depth_for_task({"id": 13, "data": {"image": task["data"]["image"], "depth_prompt": "sensor.npy"}},
+                            settings)
+    assert fields["depth_meta"]["source"] == "image + depth_prompt"
+    assert np.allclose(np.load(tmp_path / "files/outputs/depth/13_image.npy"), refined, atol=1e-4)
+
+
+def test_without_a_prompt_depth_the_ordinary_model_runs_and_force_refines_a_metric_map(tiny_depth, tiny_prompt_depth,
+                                                                                      tmp_path):
+    settings = settings_for(tiny_depth["metric"], tmp_path, prompt_depth_model=str(tiny_prompt_depth))
+    image, _ = disk_image(width=80, height=60)
+    task = {"id": 14, "data": {"image": data_uri(encode_image(image))}}
+    fields = depth_for_task(task, settings)
+    assert fields["depth_meta"]["source"] == "image" and fields["depth_meta"]["model"] == str(tiny_depth["metric"])
+    raw = fields["depth_raw"].removeprefix("/data/local-files/?d=")
+    task["data"].update(fields, depth_raw=raw)  # as the task now carries it (a path below the root)
+    assert depth_for_task(task, settings) is None  # it has depth: left alone
+    again = depth_for_task(task, settings, force=True)  # refined with its own metric map as the prompt
+    assert again["depth_meta"]["source"] == "image + depth_raw"
+    assert again["depth_meta"]["model"] == str(tiny_prompt_depth)
+
+
+def test_a_bad_prompt_depth_is_a_clear_error(tiny_depth, tiny_prompt_depth, tmp_path):
+    settings = settings_for(tiny_depth["relative"], tmp_path, prompt_depth_model=str(tiny_prompt_depth))
+    image, _ = disk_image(width=40, height=30)
+    colour = data_uri(encode_image(image))  # a colour image is not a depth map
+    for bad, message in ((colour, "one-channel PNG"), (sensor_png(np.zeros((8, 8))), "positive values")):
+        with pytest.raises(ImageError, match=message) as error:
+            depth_for_task({"id": 15, "data": {"image": colour, "depth_prompt": bad}}, settings)
+        assert "task 15 prompt depth" in error.value.where

@@ -81,6 +81,9 @@ class Settings:
     everything_stability_threshold: float = 0.95  # masks less stable under threshold shifts are dropped
     precompute_on_import: bool = False  # embed new tasks' images in the background (TASKS_CREATED webhook)
     depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"  # hub id or save_pretrained folder
+    prompt_depth_model: str = "depth-anything/prompt-depth-anything-vits-hf"  # refines a low-res metric depth
+    depth_prompt_field: str = "depth_prompt"  # task data field: URL of a sensor's low-res metric depth (.npy / PNG)
+    depth_prompt_scale: float = 0.001  # metres per unit of a 16-bit PNG prompt depth (millimetres)
     output_dir: str = "data/outputs"  # generated files (depth maps, synthetic images)
     output_url: str = ""  # URL prefix OUTPUT_DIR is served under; empty: Label Studio local-files URLs
     output_s3_bucket: str = ""  # write generated files to this S3-compatible bucket instead of OUTPUT_DIR
@@ -99,6 +102,11 @@ class Settings:
     synthesis_max_samples: int = 8
     synthesis_remove_prompt: str = "background, empty scene, nothing"
     synthesis_target_project: int = 0  # 0: import into the source project
+    generator_lora_rank: int = 4  # domain LoRA of the inpainting UNet (python -m backend train-generator)
+    generator_train_steps: int = 200
+    generator_learning_rate: float = 1e-4
+    generator_train_size: int = 0  # training crops' side in pixels; 0: SYNTHESIS_SIZE
+    generator_prompt_template: str = "{label}"  # the training prompt of a labeled region, e.g. "a photo of a {label}"
     train_every: int = 10  # start a fine-tuning job after every N new/updated annotations (0: only START_TRAINING)
     train_epochs: int = 20  # upper bound; early stopping usually ends sooner
     job_timeout: int = 6 * 3600  # seconds an RQ job may run (and a bulk pre-labeling waits for one)

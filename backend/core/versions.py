@@ -32,11 +32,41 @@ class ModelVersion:
     meta: dict
 
 
-class ModelVersions:
+class ActivePointer:
+    """Which of a set of versions is in use: `pointer` ({"version": name}, or null for the base model), written
+    atomically after the version it names. Subclasses give `get(name)`."""
+
+    pointer: Path
+
+    def get(self, name: str):
+        raise NotImplementedError
+
+    def activate(self, name: str | None) -> None:
+        """Make `name` the version in use (None: back to the base model)."""
+        if name is not None:
+            self.get(name)
+        write_atomic(self.pointer, json.dumps({"version": name}).encode())
+
+    def active(self):
+        """The version in use, or None for the base model (also when the pointer names a missing version)."""
+        try:
+            name = json.loads(self.pointer.read_text()).get("version")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not name:
+            return None
+        try:
+            return self.get(name)
+        except InputError:
+            return None
+
+
+class ModelVersions(ActivePointer):
     def __init__(self, model_dir: Path | str, project_id: str):
         if not str(project_id).isdigit():
             raise InputError(f"project id must be a number, got {project_id!r}", "project")
         self.folder = Path(model_dir) / "projects" / str(project_id) / "versions"
+        self.pointer = self.folder / "active.json"
 
     def list(self) -> list[ModelVersion]:
         """Complete versions (weights and metadata present), oldest first."""
@@ -69,25 +99,6 @@ class ModelVersions:
         if activate:
             self.activate(name)
         return self.get(name)
-
-    def activate(self, name: str | None) -> None:
-        """Make `name` the version predictions use (None: back to the base model)."""
-        if name is not None:
-            self.get(name)
-        write_atomic(self.folder / "active.json", json.dumps({"version": name}).encode())
-
-    def active(self) -> ModelVersion | None:
-        pointer = self.folder / "active.json"
-        try:
-            name = json.loads(pointer.read_text()).get("version")
-        except (OSError, ValueError, AttributeError):
-            return None
-        if not name:
-            return None
-        try:
-            return self.get(name)
-        except InputError:
-            return None
 
     def load_weights(self, version: ModelVersion) -> dict:
         return torch.load(version.weights, map_location="cpu", weights_only=True)

@@ -5,6 +5,9 @@
 Relative models give a 16-bit PNG (inverse relative depth, min..max of the map stretched to 0..65535;
 `depth_meta` holds min/max); metric models (the Metric-Indoor/Outdoor variants) give a float32 .npy in
 metres. A task whose data already has `depth` is left alone (a depth map can be given with the data).
+A task that carries a low-resolution metric depth (a sensor's, in DEPTH_PROMPT_FIELD; or, with --force, the
+metric `depth_raw` of an earlier run) goes through Prompt Depth Anything instead: image + prompt depth ->
+metric depth at the image's resolution; `depth_meta.source` says what each map was made from.
 Files are written before the task is updated, and the update merges into the task's current data, so
 a failure leaves the task as it was.
 """
@@ -15,7 +18,6 @@ import argparse
 import io
 import logging
 import threading
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -25,19 +27,14 @@ from backend.core.errors import BackendError
 from backend.core.model_cache import ModelCache
 from backend.core.pretrained import from_pretrained, resolve_device
 from backend.core.settings import Settings, get_settings
+from backend.depth.depth_map import DepthMap
+from backend.depth.prompt_depth import get_prompt_estimator, read_prompt_depth
 from backend.io.images import read_task_image
 from backend.io.ls_client import call, make_client, note_task_error, read_task, read_tasks, without_note
 from backend.io.storage import LocalStorage, S3Storage, make_storage
 
 logger = logging.getLogger(__name__)
 FIELDS = ("depth", "depth_raw", "depth_meta")
-
-
-@dataclass(frozen=True)
-class DepthMap:
-    depth: np.ndarray  # float32, the image's size
-    metric: bool  # metres (True) or relative inverse depth (False)
-    model: str
 
 
 class DepthEstimator:
@@ -123,8 +120,28 @@ def depth_for_task(task: dict, settings: Settings, image_key: str = "image", for
     if image_key not in data:
         raise BackendError(f"task data has no field '{image_key}'", f"task {task.get('id')}")
     image = read_task_image(data[image_key], settings, task.get("id")).pixels(settings)
-    depth = get_estimator(settings).estimate(image)
-    return depth_outputs(int(task.get("id") or 0), image_key, depth, storage or make_storage(settings))
+    prompt = prompt_depth_of(task, settings)
+    if prompt is None:
+        depth, source = get_estimator(settings).estimate(image), "image"
+    else:
+        values, field = prompt
+        depth, source = get_prompt_estimator(settings).estimate(image, values), f"image + {field}"
+    fields = depth_outputs(int(task.get("id") or 0), image_key, depth, storage or make_storage(settings))
+    fields["depth_meta"]["source"] = source
+    return fields
+
+
+def prompt_depth_of(task: dict, settings: Settings) -> tuple[np.ndarray, str] | None:
+    """The low-resolution metric depth a task carries, and the field it came from: a sensor's map in
+    DEPTH_PROMPT_FIELD, else a metric `depth_raw` an earlier depth job wrote. None: the task has none."""
+    data = task.get("data") or {}
+    url = data.get(settings.depth_prompt_field) if settings.depth_prompt_field else None
+    if isinstance(url, str) and url.strip():
+        return read_prompt_depth(url, settings, task.get("id")), settings.depth_prompt_field
+    meta = data.get("depth_meta")
+    if isinstance(data.get("depth_raw"), str) and isinstance(meta, dict) and meta.get("kind") == "metric":
+        return read_prompt_depth(data["depth_raw"], settings, task.get("id")), "depth_raw"
+    return None
 
 
 def run_depth_task(project_id: int, task_id: int, image_key: str = "image", force: bool = False, client=None,

@@ -1,4 +1,4 @@
-"""Routes beyond the label-studio-ml contract: queue depth jobs, and read any job's status."""
+"""Routes beyond the label-studio-ml contract: queue depth and generator-training jobs, read any job's status."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from flask import Flask, jsonify, request
 from backend.core.errors import InputError
 from backend.core.jobs import get_queue
 from backend.core.label_config import DATA_KEY
+from backend.core.settings import get_settings
 
 JOB_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # ours are 12 hex digits, RQ's are UUIDs
 
@@ -33,6 +34,22 @@ def register(app: Flask) -> None:
         tasks = _ids(body["tasks"], "/depth tasks") if "tasks" in body else None
         queue = get_queue()
         jobs = [queue.enqueue("backend.depth.estimate.run_depth_project", project, image_key, force, None, tasks)]
+        return jsonify({"jobs": jobs, "queue": queue.kind}), 202
+
+    @app.post("/train-generator")
+    def train_generator():
+        """{"project": 3, "engine": "kandinsky"|"sd2"}: queue a domain LoRA training of the inpainting engine."""
+        from backend.synthesis.inpainting import ENGINES
+
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or "project" not in body:
+            raise InputError('send {"project": ID, "engine": "kandinsky" or "sd2"}', "/train-generator")
+        [project] = _ids([body["project"]], "/train-generator project")
+        engine = body.get("engine", get_settings().synthesis_engine)
+        if engine not in ENGINES:
+            raise InputError(f"unknown engine {engine!r}; use one of {list(ENGINES)}", "/train-generator engine")
+        queue = get_queue()
+        jobs = [queue.enqueue("backend.synthesis.lora.train_generator", project, engine)]
         return jsonify({"jobs": jobs, "queue": queue.kind}), 202
 
     @app.get("/jobs/<job_id>")

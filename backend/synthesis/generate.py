@@ -26,7 +26,7 @@ from backend.io.storage import make_storage
 from backend.segmentation.masks import bounding_box, mask_results, region_mask
 from backend.segmentation.prompts import Prompt
 from backend.segmentation.service import get_segmentation
-from backend.synthesis.inpainting import ENGINES, InpaintRequest, get_inpainter, inpaint
+from backend.synthesis.inpainting import ENGINES, InpaintRequest, get_inpainter, inpaint, use_generator
 
 logger = logging.getLogger(__name__)
 MODES = ("add", "remove")
@@ -106,8 +106,10 @@ def refine_mask(image: TaskImage, region: np.ndarray) -> np.ndarray:
     return mask if mask.sum() >= 0.05 * region.sum() else region  # the segmenter lost it: keep the region
 
 
-def generate_samples(task: dict, annotation: dict, label_config: str, settings: Settings) -> list[dict]:
-    """The new tasks (data + prediction) for one generation annotation."""
+def generate_samples(task: dict, annotation: dict, label_config: str, settings: Settings,
+                     project_id: int | None = None) -> list[dict]:
+    """The new tasks (data + prediction) for one generation annotation, made with the project's active domain
+    LoRA of the engine if it has one (its version goes into each sample's `synthetic.generator`)."""
     config = parse_label_config(label_config)
     url = (task.get("data") or {}).get(config.image_key)
     if not isinstance(url, str):
@@ -124,15 +126,17 @@ def generate_samples(task: dict, annotation: dict, label_config: str, settings: 
         guidance = settings.synthesis_guidance or (7.5 if request.engine == "sd2" else 4.0)
         params = InpaintRequest(request.prompt, request.negative_prompt, seed, settings.synthesis_steps, guidance,
                                 settings.synthesis_size)
-        painted, region = inpaint(image, request.mask, inpainter, params, settings.synthesis_dilate,
-                                  settings.synthesis_feather)
+        with inpainter.lock:
+            generator = use_generator(inpainter, project_id, settings) or "base"
+            painted, region = inpaint(image, request.mask, inpainter, params, settings.synthesis_dilate,
+                                      settings.synthesis_feather)
         png = cv2.imencode(".png", cv2.cvtColor(painted, cv2.COLOR_RGB2BGR))[1].tobytes()
         name = f"synthetic/{task.get('id')}_{annotation.get('id')}_{request.engine}_{seed}.png"
         _, image_url = storage.save(name, png)
         data = {config.image_key: image_url, "synthetic": {
             "source_task": task.get("id"), "source_annotation": annotation.get("id"), "prompt": request.prompt,
             "negative_prompt": request.negative_prompt, "engine": request.engine, "seed": seed,
-            "mode": request.mode, "steps": params.steps, "guidance": params.guidance}}
+            "mode": request.mode, "steps": params.steps, "guidance": params.guidance, "generator": generator}}
         results = []
         if request.mode == "add":
             results = mask_results(refine_mask(TaskImage(png, name), region), 1.0, control, label,
@@ -154,7 +158,7 @@ def run_generation(project_id: int, task_id: int, annotation_id: int) -> dict:
         task = read_task(client, project_id, task_id)
         annotation = call(f"annotation {annotation_id}", client.annotations.get, id=annotation_id)
         new_tasks = generate_samples(task, {"id": annotation.id, "result": annotation.result},
-                                     project.label_config, settings)
+                                     project.label_config, settings, project_id)
         target = settings.synthesis_target_project or project_id
         call(f"project {target}", client.projects.import_tasks, id=target, request=new_tasks)
         logger.info("annotation %s: %d synthetic tasks imported into project %s", annotation_id, len(new_tasks),

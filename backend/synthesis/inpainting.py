@@ -7,7 +7,9 @@ so pixels outside the (dilated) region keep the original exactly.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -38,15 +40,53 @@ def _load(kind: str, name: str, setting: str, hub_id: str):
     return from_pretrained(getattr(diffusers, kind).from_pretrained, name, kind, setting, hub_id)
 
 
-class StableDiffusionInpainter:
+class Inpainter:
+    """What both engines share: a lock (one generation or LoRA training at a time on the shared pipeline), the
+    UNet a domain LoRA adapts, and the names of the LoRA adapters loaded into it."""
+
+    name = ""
+    model_id = ""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.adapters: set[str] = set()
+
+    @property
+    def unet(self):
+        raise NotImplementedError
+
+    @property
+    def scheduler(self):
+        raise NotImplementedError
+
+    def load_lora(self, folder: Path, adapter: str) -> None:
+        """Load a LoRA saved in diffusers' format (pytorch_lora_weights.safetensors) as adapter `adapter`."""
+        self.unet.load_lora_adapter(str(folder), prefix="unet", adapter_name=adapter,
+                                    weight_name="pytorch_lora_weights.safetensors")
+
+
+class StableDiffusionInpainter(Inpainter):
     name = "sd2"
 
     def __init__(self, settings: Settings):
+        super().__init__()
+        self.model_id = settings.sd_inpaint_model
         self.pipe = _load("StableDiffusionInpaintPipeline", settings.sd_inpaint_model, "SD_INPAINT_MODEL",
                           "sd2-community/stable-diffusion-2-inpainting").to(resolve_device(settings.device))
         self.pipe.set_progress_bar_config(disable=True)
         if getattr(self.pipe, "safety_checker", None) is not None:
             self.pipe.safety_checker = None  # the team reviews every sample; no silent black images
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    def load_lora(self, folder: Path, adapter: str) -> None:
+        self.pipe.load_lora_weights(str(folder), adapter_name=adapter)  # the pipeline's own LoRA loader
 
     def __call__(self, image: Image.Image, mask: Image.Image, request: InpaintRequest) -> Image.Image:
         import torch
@@ -58,10 +98,14 @@ class StableDiffusionInpainter:
                          generator=generator).images[0]
 
 
-class KandinskyInpainter:
+class KandinskyInpainter(Inpainter):
+    """Kandinsky 2.2: its decoder pipeline has no LoRA loader of its own; the LoRA goes into its UNet."""
+
     name = "kandinsky"
 
     def __init__(self, settings: Settings):
+        super().__init__()
+        self.model_id = settings.kandinsky_inpaint_model
         device = resolve_device(settings.device)
         self.prior = _load("KandinskyV22PriorPipeline", settings.kandinsky_prior_model, "KANDINSKY_PRIOR_MODEL",
                            "kandinsky-community/kandinsky-2-2-prior").to(device)
@@ -69,6 +113,14 @@ class KandinskyInpainter:
                              "KANDINSKY_INPAINT_MODEL", "kandinsky-community/kandinsky-2-2-decoder-inpaint").to(device)
         for pipe in (self.prior, self.decoder):
             pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def unet(self):
+        return self.decoder.unet
+
+    @property
+    def scheduler(self):
+        return self.decoder.scheduler
 
     def __call__(self, image: Image.Image, mask: Image.Image, request: InpaintRequest) -> Image.Image:
         import torch
@@ -93,6 +145,28 @@ def get_inpainter(engine: str, settings: Settings):
     if engine not in ENGINES:
         raise InputError(f"unknown inpainting engine {engine!r}; use one of {list(ENGINES)}", "engine")
     return _inpainters.get(engine, settings)
+
+
+def use_generator(inpainter: Inpainter, project_id: int | str | None, settings: Settings) -> str | None:
+    """Set the pipeline to the project's active domain LoRA (loaded once per version), or to the base model
+    (adapters disabled: the base output, byte for byte). Returns the version name (None: base). Call it and
+    generate under `inpainter.lock`."""
+    from backend.synthesis.generator_versions import GeneratorVersions
+
+    active = None
+    if project_id is not None and str(project_id).isdigit():
+        active = GeneratorVersions(settings.model_dir, project_id, inpainter.name).active()
+    if active is None:
+        if inpainter.adapters:
+            inpainter.unet.disable_adapters()
+        return None
+    adapter = f"project{project_id}_{active.name}"
+    if adapter not in inpainter.adapters:
+        inpainter.load_lora(active.folder, adapter)
+        inpainter.adapters.add(adapter)
+    inpainter.unet.enable_adapters()
+    inpainter.unet.set_adapters([adapter])
+    return active.name
 
 
 def region_crop(mask: np.ndarray, context: float = 0.5) -> tuple[int, int, int]:
