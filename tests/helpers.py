@@ -236,14 +236,21 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def _tiny_dinov2():
+    """The DINOv2 backbone of the tiny depth models: 4 blocks of width 32, 70 px input."""
+    from transformers import Dinov2Config
+
+    return Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                        patch_size=14, image_size=70, out_features=["stage1", "stage2", "stage3", "stage4"],
+                        reshape_hidden_states=False)
+
+
 def save_tiny_depth_anything(folder: Path, metric: bool = False) -> Path:
     """A random-weight Depth Anything (DINOv2 backbone + DPT head) at tiny size, saved with save_pretrained."""
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTImageProcessor
 
     torch.manual_seed(0)
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            patch_size=14, image_size=70, out_features=["stage1", "stage2", "stage3", "stage4"],
-                            reshape_hidden_states=False)
+    backbone = _tiny_dinov2()
     config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32,
                                  neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
                                  depth_estimation_type="metric" if metric else "relative", max_depth=20)
@@ -256,15 +263,13 @@ def save_tiny_depth_anything(folder: Path, metric: bool = False) -> Path:
 def save_tiny_prompt_depth_anything(folder: Path) -> Path:
     """A random-weight Prompt Depth Anything (DINOv2 backbone, DPT head with prompt-depth fusion) at tiny size,
     saved with save_pretrained with its (PIL) image processor."""
-    from transformers import Dinov2Config, PromptDepthAnythingConfig, PromptDepthAnythingForDepthEstimation
+    from transformers import PromptDepthAnythingConfig, PromptDepthAnythingForDepthEstimation
     from transformers.models.prompt_depth_anything.image_processing_pil_prompt_depth_anything import (
         PromptDepthAnythingImageProcessorPil,
     )
 
     torch.manual_seed(0)
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                            patch_size=14, image_size=70, out_features=["stage1", "stage2", "stage3", "stage4"],
-                            reshape_hidden_states=False)
+    backbone = _tiny_dinov2()
     config = PromptDepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32,
                                        neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
                                        depth_estimation_type="metric", max_depth=20)
