@@ -10,8 +10,9 @@ workers on a real redis-server; with 2 workers each gets 1 torch thread (2 cores
 
 A second table times one process per route for 1, 5 and 20 labels (seconds per image, peak memory):
 OWLv2 + MobileSAM beside SAM 3 (PRELABEL_DETECTOR=sam3; the facebook/sam3 architecture, 848 M
-parameters, random weights), whose backbone runs once per image however many labels are asked.
-`--only workers|labels` runs one table.
+parameters, random weights), whose backbone runs once per image however many labels are asked, and
+Grounding DINO tiny + MobileSAM (its architecture, random weights, 800 / 1333 px as its card says).
+`--only workers|labels` runs one table, `--routes owlv2 gdino sam3` some rows of the second.
 """
 
 from __future__ import annotations
@@ -95,13 +96,21 @@ def save_sam3_random(folder: Path) -> Path:
     return folder
 
 
-def labels_table(tmp: Path, base_env: dict, per_count: int) -> None:
+ROUTES = {  # --routes name: (table name, the settings it changes, made in a temporary folder)
+    "owlv2": ("OWLv2 base/16 + MobileSAM", lambda tmp: {}),
+    "gdino": ("Grounding DINO tiny + MobileSAM",
+              lambda tmp: {"DETECTOR_MODEL": str(save_grounding_dino_tiny(tmp / "gdino"))}),
+    "sam3": ("SAM 3 (concepts)", lambda tmp: {"SAM_ENGINE": "sam3", "PRELABEL_DETECTOR": "sam3",
+                                              "SAM_CHECKPOINT": str(save_sam3_random(tmp / "sam3"))}),
+}
+
+
+def labels_table(tmp: Path, base_env: dict, per_count: int, routes: list[str]) -> None:
     images = [str(p) for p in bench_images(tmp / "label-images", 1 + per_count * len(LABEL_COUNTS), 1024)]
-    routes = {"OWLv2 base/16 + MobileSAM": {},
-              "SAM 3 (concepts)": {"SAM_ENGINE": "sam3", "SAM_CHECKPOINT": str(save_sam3_random(tmp / "sam3")),
-                                   "PRELABEL_DETECTOR": "sam3"}}
     rows = []
-    for name, extra in routes.items():
+    for key in routes:
+        name, settings_of = ROUTES[key]
+        extra = settings_of(tmp)
         done = subprocess.run([sys.executable, __file__, "--measure", json.dumps(images)], cwd=ROOT / "bench",
                               env={**os.environ, **base_env, **extra, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"},
                               capture_output=True, text=True, check=False)
@@ -114,6 +123,29 @@ def labels_table(tmp: Path, base_env: dict, per_count: int) -> None:
     print(f"seconds per 1024 px image by number of labels (MAX_DETECTIONS={base_env['MAX_DETECTIONS']}, threshold 0, "
           f"{per_count} images per row, one process per route, 2 threads)")
     print_table(rows, ["what", "median s", "p95 s", "ratio", "peak MiB"])  # ratio: to the route's 1-label median
+
+
+def save_grounding_dino_tiny(folder: Path) -> Path:
+    """The IDEA-Research/grounding-dino-tiny architecture (Swin-T, BERT-base text, 900 queries; transformers'
+    GroundingDinoConfig defaults) with random weights, its processor at the model card's 800 / 1333 px, and an
+    offline word vocabulary holding the labels."""
+    sys.path.insert(0, str(ROOT))
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *LABEL_POOL]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    GroundingDinoForObjectDetection(GroundingDinoConfig()).save_pretrained(folder)
+    GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(),
+                           tokenizer=BertTokenizer(str(folder / "vocab.txt"))).save_pretrained(folder)
+    return folder
 
 
 def save_owlv2_base(folder: Path) -> Path:
@@ -172,6 +204,8 @@ def main() -> None:
     parser.add_argument("--detections", type=int, default=10)
     parser.add_argument("--label-images", type=int, default=2, help="images per row of the labels table")
     parser.add_argument("--only", choices=["workers", "labels"])
+    parser.add_argument("--routes", nargs="+", choices=list(ROUTES), default=list(ROUTES),
+                        help="rows of the labels table")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one route's process
     args = parser.parse_args()
     if args.measure:
@@ -185,7 +219,7 @@ def main() -> None:
                "LOCAL_FILES_DOCUMENT_ROOT": str(tmp), "MODEL_DIR": str(tmp / "models"),
                "EMBEDDING_CACHE_MB": "64", "EMBEDDING_DISK_MB": "0", "LOG_LEVEL": "WARNING"}
         if args.only != "workers":
-            labels_table(tmp, env, args.label_images)
+            labels_table(tmp, env, args.label_images, args.routes)
         if args.only == "labels":
             return
         with redis_server() as redis_url:
