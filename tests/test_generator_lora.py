@@ -66,6 +66,8 @@ def test_training_lowers_heldout_loss_and_the_active_lora_changes_synthesis_unti
     report = train_generator(PROJECT, engine, domain)
     assert report["train_pairs"] == 8 and report["heldout_pairs"] == 2 and report["version"] == "v1"
     assert report["heldout_loss_after"] < report["heldout_loss_before"], report
+    unet = get_inpainter(engine, domain).unet  # only the LoRA learned (peft freezes the base): no base gradient
+    assert all(p.grad is None and not p.requires_grad for p in unet.parameters())
     versions = GeneratorVersions(domain.model_dir, PROJECT, engine)
     assert versions.active().name == "v1" and (versions.get("v1").folder / WEIGHTS).is_file()
     meta = versions.get("v1").meta
