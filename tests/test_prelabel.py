@@ -134,3 +134,35 @@ def test_everything_mode_segments_without_categories(configure, tiny_checkpoints
     configure(SAM_ENGINE="grabcut", PRELABEL_MODE="everything")
     with pytest.raises(Exception, match="needs a SAM engine"):
         prelabel_task(task, CONFIG, get_settings())
+
+
+def test_the_next_tasks_image_downloads_while_this_task_is_computed(configure, monkeypatch):
+    """Retrieve Predictions on several tasks: task 2's image is requested while task 1 is still being pre-labeled
+    (a loopback server records the requests), and task 2 then reads it from the image cache (one request)."""
+    import time
+
+    from backend.prelabel import run
+    from tests.hostile import HostileServer
+
+    image, _ = two_disks()
+    server = HostileServer(encode_image(image))
+    server.files = {"/a.png": encode_image(image), "/b.png": encode_image(image[::-1].copy())}
+    configure(SAM_ENGINE="grabcut", IMAGE_URL_HOSTS=f"127.0.0.1:{server.port}", PRELABEL_MODE="categories")
+    seen_while_computing = []
+
+    def slow_route(service, task_image, config, settings, task, project_id):
+        if task["id"] == 1:  # wait (up to 3 s) for the prefetch of task 2's image
+            deadline = time.monotonic() + 3
+            while "/b.png" not in server.paths() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_while_computing.append("/b.png" in server.paths())
+        return []
+
+    monkeypatch.setitem(run.ROUTES, "boxes", slow_route)
+    try:
+        tasks = [{"id": i, "data": {"image": f"{server.url}/{name}"}} for i, name in ((1, "a.png"), (2, "b.png"))]
+        assert run.predict_tasks(tasks, CONFIG) == [[], []]
+        assert seen_while_computing == [True]
+        assert server.paths("/b.png") == ["/b.png"]  # downloaded once: task 2's turn read the cached copy
+    finally:
+        server.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -127,7 +128,7 @@ def prelabel_task(task: dict, config: LabelConfig, settings: Settings,
     """One task's prediction: a mask (brush or polygons) per found object, labeled and scored."""
     service = service or get_segmentation()
     url, task_id = task_image_url(task, config)
-    image = read_task_image(url, settings, task_id)
+    image = read_task_image(url, settings, task_id)  # a prefetched download comes from the image cache
     regions = ROUTES[route_name(settings)](service, image, config, settings, task, project_id)
     version = service.version_of(service.segmenter_for(project_id))
     return prediction(regions, version, settings.polygon_epsilon)
@@ -156,7 +157,9 @@ def predict_tasks(tasks: list[dict], config: LabelConfig, project_id: str = "") 
     settings = get_settings()
     client = optional_client(settings)
     predictions: list = []
-    for task in tasks:
+    for index, task in enumerate(tasks):
+        if index + 1 < len(tasks):  # the next image downloads while this one is computed
+            prefetch_image(tasks[index + 1], config, settings)
         task_id = task.get("id") if isinstance(task, dict) else None
         error = None
         try:
@@ -172,18 +175,37 @@ def predict_tasks(tasks: list[dict], config: LabelConfig, project_id: str = "") 
     return predictions
 
 
+def prefetch_image(task: object, config: LabelConfig, settings: Settings) -> threading.Thread:
+    """Download a task's image into the image cache (IMAGE_CACHE_DIR, shared by the machine's workers) in a
+    background thread, so that its turn reads it from disk. Failures are left for that turn to report."""
+    def fetch() -> None:
+        try:
+            url, task_id = task_image_url(task, config)
+            read_task_image(url, settings, task_id)
+        except Exception as exc:  # the task's own turn reports it with the task named
+            logger.debug("prefetching an image failed: %s", exc)
+
+    thread = threading.Thread(target=fetch, name="prefetch-image", daemon=True)
+    thread.start()
+    return thread
+
+
 def optional_client(settings: Settings):
     """The Label Studio client, or None where LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are not set."""
     return make_client(settings) if settings.label_studio_url and settings.label_studio_api_key else None
 
 
 # ---------------------------------------------------------------- project-wide runs through the API
-def run_prelabel_task(project_id: int, task_id: int, label_config: str) -> dict:
+def run_prelabel_task(project_id: int, task_id: int, label_config: str, prefetch: int | None = None) -> dict:
     """Job: pre-label one task and store the prediction in Label Studio (none when nothing is found); a
-    failure is also shown in the task's `backend_error` field."""
+    failure is also shown in the task's `backend_error` field. `prefetch`: a task id queued after this one,
+    whose image is downloaded meanwhile (into the cache the machine's workers share)."""
     settings = get_settings()
     client = make_client(settings)
     config = parse_label_config(label_config)
+    if prefetch is not None:
+        threading.Thread(target=_prefetch_task, args=(client, project_id, prefetch, config, settings),
+                         name="prefetch-task", daemon=True).start()
     task = read_task(client, project_id, task_id)
     try:
         prediction = prelabel_task(task, config, settings, project_id=str(project_id))
@@ -197,6 +219,13 @@ def run_prelabel_task(project_id: int, task_id: int, label_config: str) -> dict:
     call(f"task {task_id}", client.predictions.create, task=task_id, result=prediction["result"],
          score=prediction["score"], model_version=prediction["model_version"])
     return {"task": task_id, "status": "done", "regions": len(prediction["result"])}
+
+
+def _prefetch_task(client, project_id: int, task_id: int, config: LabelConfig, settings: Settings) -> None:
+    try:
+        prefetch_image(read_task(client, project_id, task_id), config, settings).join()
+    except Exception as exc:  # that task's own job reports it
+        logger.debug("prefetching task %s failed: %s", task_id, exc)
 
 
 def tasks_to_do(client, project_id: int, model_version: str) -> tuple[list[int], list[int]]:
@@ -222,8 +251,9 @@ def run_project(project_id: int, model_version: str, limit: int | None = None, p
     report: dict = {"project": project_id, "model_version": model_version, "done": 0, "empty": 0,
                     "skipped": len(done), "failed": 0, "errors": {}}
     queue = get_queue()
-    jobs = {queue.enqueue("backend.prelabel.run.run_prelabel_task", project_id, task_id, label_config):
-            task_id for task_id in todo}
+    following = {task_id: todo[i + 1] if i + 1 < len(todo) else None for i, task_id in enumerate(todo)}
+    jobs = {queue.enqueue("backend.prelabel.run.run_prelabel_task", project_id, task_id, label_config,
+                          following[task_id]): task_id for task_id in todo}
     started = time.perf_counter()
     pending, pause = dict(jobs), 0.2
     while pending and time.perf_counter() - started < deadline:
