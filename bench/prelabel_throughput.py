@@ -12,7 +12,9 @@ A second table times one process per route for 1, 5 and 20 labels (seconds per i
 OWLv2 + MobileSAM beside SAM 3 (PRELABEL_DETECTOR=sam3; the facebook/sam3 architecture, 848 M
 parameters, random weights), whose backbone runs once per image however many labels are asked, and
 Grounding DINO tiny + MobileSAM (its architecture, random weights, 800 / 1333 px as its card says).
-`--only workers|labels` runs one table, `--routes owlv2 gdino sam3` some rows of the second.
+`--only workers|labels` runs one table, `--routes owlv2 owlv2-eager gdino sam3` some rows of the second.
+ENCODER_RUNTIME is the default (auto: ONNX Runtime for MobileSAM's encoder and OWLv2's vision tower)
+except in the `owlv2-eager` rows.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def save_sam3_random(folder: Path) -> Path:
 
 ROUTES = {  # --routes name: (table name, the settings it changes, made in a temporary folder)
     "owlv2": ("OWLv2 base/16 + MobileSAM", lambda tmp: {}),
+    "owlv2-eager": ("OWLv2 base/16 + MobileSAM, ENCODER_RUNTIME=torch", lambda tmp: {"ENCODER_RUNTIME": "torch"}),
     "gdino": ("Grounding DINO tiny + MobileSAM",
               lambda tmp: {"DETECTOR_MODEL": str(save_grounding_dino_tiny(tmp / "gdino"))}),
     "sam3": ("SAM 3 (concepts)", lambda tmp: {"SAM_ENGINE": "sam3", "PRELABEL_DETECTOR": "sam3",

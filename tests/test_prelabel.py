@@ -166,3 +166,29 @@ def test_the_next_tasks_image_downloads_while_this_task_is_computed(configure, m
         assert server.paths("/b.png") == ["/b.png"]  # downloaded once: task 2's turn read the cached copy
     finally:
         server.close()
+
+
+def test_the_owlv2_vision_tower_on_onnx_runtime_gives_the_eager_detections(tiny_owlv2, tmp_path, monkeypatch):
+    """ENCODER_RUNTIME for the detector: OWLv2's vision tower exported once (MODEL_DIR/onnx), its detections equal
+    eager PyTorch's; Grounding DINO (no such seam) stays eager."""
+    eager = get_detector(str(tiny_owlv2), "cpu", "torch")
+    fast = get_detector(str(tiny_owlv2), "cpu", "onnx", str(tmp_path / "onnx"))
+    assert eager.runtime == "torch" and fast.runtime == "onnx"
+    [export] = (tmp_path / "onnx").glob("owlv2-vision-*.onnx")
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        image = rng.integers(0, 255, (160, 240, 3), dtype=np.uint8)
+        prompts = ["disk", "background", "object"]
+        a, b = eager.detect(image, prompts, 0.0), fast.detect(image, prompts, 0.0)
+        assert len(a) == len(b) > 0
+        np.testing.assert_allclose([d.box for d in a], [d.box for d in b], atol=1e-3)
+        np.testing.assert_allclose([d.score for d in a], [d.score for d in b], atol=1e-5)
+        assert [d.prompt for d in a] == [d.prompt for d in b]
+    assert get_detector(str(tiny_owlv2), "cpu", "onnx", str(tmp_path / "onnx")) is fast  # loaded once
+    assert export.stat().st_size > 1000
+
+    def eager_encoder(*args, **kwargs):
+        raise AssertionError("the eager vision encoder ran")
+
+    monkeypatch.setattr(fast.model.owlv2.vision_model.encoder, "forward", eager_encoder)
+    assert fast.detect(image, prompts, 0.0)  # ONNX Runtime answered: the eager tower was not called

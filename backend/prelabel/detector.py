@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from backend.core.model_cache import ModelCache
 from backend.core.pretrained import from_pretrained, resolve_device
@@ -24,8 +26,51 @@ class Detection:
     prompt: int  # index into the prompts asked for
 
 
+class _VisionOutputs(torch.nn.Module):
+    """What the ONNX export of an OWL vision tower computes: its last hidden state and pooled output."""
+
+    def __init__(self, vision: torch.nn.Module):
+        super().__init__()
+        self.vision = vision
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.vision(pixel_values=pixels)
+        return output.last_hidden_state, output.pooler_output
+
+
+def vision_runtime(model, runtime: str, folder: Path, device) -> str:
+    """OWLv2 / OWL-ViT: run the vision tower (almost all of a detection's cost) through ENCODER_RUNTIME; the text
+    tower and the box / class heads stay in PyTorch. Returns the runtime in use ("onnx" or "torch")."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from backend.segmentation.encoder_runtime import ExportShape, choose_encoder
+    from backend.segmentation.sam import weights_fingerprint
+
+    vision = model.base_model.vision_model
+    size = int(model.config.vision_config.image_size)
+    shape = ExportShape((1, 3, size, size), ("last_hidden_state", "pooler_output"))
+    fingerprint = f"{model.config.model_type}-vision-{weights_fingerprint(vision)}"
+    runner = choose_encoder(_VisionOutputs(vision), fingerprint, runtime, folder, device, shape)
+    if isinstance(runner, torch.nn.Module):
+        return "torch"
+    eager = vision.forward
+
+    def forward(pixel_values=None, output_attentions=None, output_hidden_states=None, interpolate_pos_encoding=False,
+                return_dict=None, **kwargs):
+        if output_attentions or output_hidden_states or interpolate_pos_encoding or \
+                tuple(pixel_values.shape) != shape.input:  # what the export does not cover
+            return eager(pixel_values=pixel_values, output_attentions=output_attentions,
+                         output_hidden_states=output_hidden_states, interpolate_pos_encoding=interpolate_pos_encoding,
+                         return_dict=return_dict, **kwargs)
+        hidden, pooled = runner(pixel_values)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+
+    vision.forward = forward
+    return "onnx"
+
+
 class TextDetector:
-    def __init__(self, name: str, device: str = "cpu"):
+    def __init__(self, name: str, device: str = "cpu", runtime: str = "torch", onnx_dir: str = ""):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         def load(path: str):
@@ -38,6 +83,9 @@ class TextDetector:
         self.model.to(self.device)
         self.name = name
         self.kind = self.model.config.model_type  # "owlv2", "owlvit", "grounding-dino", ...
+        self.runtime = "torch"
+        if self.kind.startswith("owl") and runtime != "torch":
+            self.runtime = vision_runtime(self.model, runtime, Path(onnx_dir), self.device)
         self._lock = threading.Lock()
 
     def _inputs(self, image: np.ndarray, prompts: list[str]):
@@ -61,8 +109,6 @@ class TextDetector:
 
     def detect(self, image: np.ndarray, prompts: list[str], threshold: float) -> list[Detection]:
         """Detections of any prompt with score >= threshold, boxes clipped to the image."""
-        import torch
-
         if not prompts:
             return []
         height, width = image.shape[:2]
@@ -92,8 +138,10 @@ class TextDetector:
 _detectors: ModelCache[TextDetector] = ModelCache(TextDetector)
 
 
-def get_detector(name: str, device: str = "cpu") -> TextDetector:
-    return _detectors.get(name, device)
+def get_detector(name: str, device: str = "cpu", runtime: str = "torch", onnx_dir: str = "") -> TextDetector:
+    """The detector, loaded once per process; `runtime` (ENCODER_RUNTIME) for OWL vision towers, whose ONNX
+    exports go to `onnx_dir` (MODEL_DIR/onnx)."""
+    return _detectors.get(name, device, runtime, onnx_dir)
 
 
 def non_max_suppression(detections: list[Detection], iou_threshold: float = 0.5,

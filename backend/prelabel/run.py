@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -88,7 +89,8 @@ def box_regions(service: SegmentationService, image: TaskImage, config: LabelCon
     """PRELABEL_DETECTOR=boxes: DETECTOR_MODEL boxes for every category, each segmented by SAM_ENGINE (the
     project's fine-tuned decoder if any)."""
     pairs = labeled_prompts(config, settings, task)
-    detector = get_detector(settings.detector_model, settings.device)
+    detector = get_detector(settings.detector_model, settings.device, settings.encoder_runtime,
+                            str(Path(settings.model_dir) / "onnx"))
     found = detector.detect(image.pixels(settings), [text for _, text in pairs], settings.detector_threshold)
     found = non_max_suppression(found, group=lambda d: pairs[d.prompt][0])[: settings.max_detections]
     segmenter = service.segmenter_for(project_id)
