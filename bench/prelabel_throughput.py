@@ -55,7 +55,8 @@ def job(path: str) -> int:
     from backend.core.settings import get_settings
     from backend.prelabel.run import prelabel_task
 
-    prediction = prelabel_task({"id": 0, "data": {"image": path}}, parse_label_config(CONFIG), get_settings(), "bench")
+    prediction = prelabel_task({"id": 0, "data": {"image": path}}, parse_label_config(CONFIG), get_settings(),
+                               project_id="bench")
     return len(prediction["result"])
 
 
