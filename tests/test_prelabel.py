@@ -176,7 +176,7 @@ def test_the_owlv2_vision_tower_on_onnx_runtime_gives_the_eager_detections(tiny_
     assert eager.runtime == "torch" and fast.runtime == "onnx"
     [export] = (tmp_path / "onnx").glob("owlv2-vision-*.onnx")
     rng = np.random.default_rng(0)
-    for seed in range(3):
+    for _ in range(3):
         image = rng.integers(0, 255, (160, 240, 3), dtype=np.uint8)
         prompts = ["disk", "background", "object"]
         a, b = eager.detect(image, prompts, 0.0), fast.detect(image, prompts, 0.0)
