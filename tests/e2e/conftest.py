@@ -6,6 +6,7 @@ with a fresh database and a user + API token made at start, and stop everything 
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,20 @@ def backend(label_studio, redis_url, tmp_path_factory) -> Backend:
     yield Backend(f"http://127.0.0.1:{port}", folder / "models", env)
     stop(worker)
     stop(proc)
+
+
+@contextlib.contextmanager
+def embedded_backend(label_studio, folder: Path, engine: str, checkpoint: Path, **env: str):
+    """The backend on SAM_ENGINE=`engine` with a local `checkpoint` under one gunicorn worker, with the embedded
+    in-process cache and queue (no Redis), as `./run serve` starts it; yields its URL."""
+    port = free_port()
+    env = {"SAM_ENGINE": engine, "SAM_CHECKPOINT": str(checkpoint), "SAM_DOWNLOAD": "false", "HF_HUB_OFFLINE": "1",
+           "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token, "REDIS_URL": "", **env}
+    proc = start_gunicorn(env, folder, port, workers=1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
 
 
 def upload_images(server, project_id: int, images: list[tuple[str, np.ndarray]]) -> None:

@@ -10,10 +10,9 @@ from backend.core.settings import Settings
 from backend.segmentation.masks import rle_to_mask
 from backend.segmentation.prompts import Prompt
 from backend.segmentation.registry import load_segmenter
-from tests.e2e.conftest import make_project
+from tests.e2e.conftest import embedded_backend, make_project
 from tests.e2e.test_label_studio import interactive, keypoint, only_brush
-from tests.helpers import disk_image, free_port, iou, save_tiny_sam2
-from tests.processes import start_gunicorn, stop
+from tests.helpers import disk_image, iou, save_tiny_sam2
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +21,8 @@ def sam2_backend(label_studio, tmp_path_factory):
     embedded in-process cache and queue (no Redis), as `./run serve` starts it."""
     folder = tmp_path_factory.mktemp("sam2-backend")
     checkpoint = save_tiny_sam2(folder / "tiny-sam2")
-    port = free_port()
-    env = {"SAM_ENGINE": "sam2", "SAM_CHECKPOINT": str(checkpoint), "SAM_DOWNLOAD": "false", "HF_HUB_OFFLINE": "1",
-           "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-           "PRELABEL_MODE": "off", "REDIS_URL": ""}
-    proc = start_gunicorn(env, folder, port, workers=1)
-    yield f"http://127.0.0.1:{port}", checkpoint
-    stop(proc)
+    with embedded_backend(label_studio, folder, "sam2", checkpoint, PRELABEL_MODE="off") as url:
+        yield url, checkpoint
 
 
 def test_a_click_in_label_studio_is_answered_by_sam2(label_studio, sam2_backend):

@@ -15,11 +15,11 @@ from backend.core.settings import Settings
 from backend.segmentation.masks import rle_to_mask
 from backend.segmentation.registry import load_segmenter
 from backend.segmentation.sam3 import ConceptQuery
-from tests.e2e.conftest import make_project
+from tests.e2e.conftest import embedded_backend, make_project
 from tests.e2e.test_label_studio import interactive
 from tests.e2e.test_prelabel_in_label_studio import retrieve_predictions
-from tests.helpers import disk_grid, free_port, save_tiny_sam3
-from tests.processes import ROOT, start_gunicorn, stop
+from tests.helpers import disk_grid, save_tiny_sam3
+from tests.processes import ROOT
 
 CONFIG = (ROOT / "label_configs" / "concepts.xml").read_text()
 THRESHOLD, MAX_DETECTIONS = 0.2, 3
@@ -30,14 +30,10 @@ def sam3_backend(label_studio, tmp_path_factory):
     """The backend on SAM_ENGINE=sam3 (concepts for pre-labeling too), one gunicorn worker, embedded cache."""
     folder = tmp_path_factory.mktemp("sam3-backend")
     checkpoint = save_tiny_sam3(folder / "tiny-sam3")
-    port = free_port()
-    env = {"SAM_ENGINE": "sam3", "SAM_CHECKPOINT": str(checkpoint), "SAM_DOWNLOAD": "false", "HF_HUB_OFFLINE": "1",
-           "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-           "PRELABEL_DETECTOR": "sam3", "DETECTOR_THRESHOLD": str(THRESHOLD), "MAX_DETECTIONS": str(MAX_DETECTIONS),
-           "EMBEDDING_FLOAT16": "false", "REDIS_URL": ""}
-    proc = start_gunicorn(env, folder, port, workers=1)
-    yield f"http://127.0.0.1:{port}", checkpoint
-    stop(proc)
+    with embedded_backend(label_studio, folder, "sam3", checkpoint, PRELABEL_DETECTOR="sam3",
+                          DETECTOR_THRESHOLD=str(THRESHOLD), MAX_DETECTIONS=str(MAX_DETECTIONS),
+                          EMBEDDING_FLOAT16="false") as url:
+        yield url, checkpoint
 
 
 def test_a_phrase_and_an_exemplar_in_label_studio_come_back_as_every_instance(label_studio, sam3_backend):
