@@ -120,6 +120,7 @@ class Denoising:
         self.unet = inpainter.unet
         self.scheduler = DDPMScheduler.from_config(inpainter.scheduler.config)
         self._conditions: dict[str, dict] = {}
+        self._latents: dict[str, torch.Tensor] = {}  # each pair's image latents: encoded once, not every step
 
     def conditions(self, prompt: str) -> dict:
         if prompt not in self._conditions:
@@ -145,8 +146,10 @@ class Denoising:
     def loss(self, pair: Pair, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The denoising loss of one pair with `mask` as the region to paint (noise and timestep drawn from
         `generator`)."""
-        with torch.no_grad():
-            latents = self.encode_image(pair.image)
+        if pair.name not in self._latents:
+            with torch.no_grad():
+                self._latents[pair.name] = self.encode_image(pair.image)
+        latents = self._latents[pair.name]
         noise = torch.randn(latents.shape, generator=generator)
         steps = self.scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (1,), generator=generator)
