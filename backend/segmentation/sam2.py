@@ -36,8 +36,11 @@ class Sam2Segmenter(TransformersSegmenter):
         if min(image.shape[:2]) < 1:
             raise ImageError("the image has no pixels", "image")
         resized = np.asarray(Image.fromarray(image).resize((self.side, self.side), Image.BILINEAR))
-        normalized = imagenet_normalized(resized)
-        return torch.from_numpy(normalized).permute(2, 0, 1).contiguous()[None], (self.side, self.side)
+        return torch.from_numpy(self.normalize(resized)).permute(2, 0, 1).contiguous()[None], (self.side, self.side)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """The resized uint8 RGB image as the model's float32 input (Sam2Processor: ImageNet mean and std)."""
+        return imagenet_normalized(pixels)
 
     def encode(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         high_res_s0, high_res_s1, features = self.model.get_image_embeddings(pixel_values)
@@ -60,7 +63,7 @@ class Sam2Segmenter(TransformersSegmenter):
     def logits_target(self, mask: np.ndarray, embedding: Embedding) -> torch.Tensor:
         import cv2
 
-        side = self.side // 4
+        side = int(self.model.prompt_encoder.mask_input_size[0])  # the decoder's low-res output side
         return torch.from_numpy(cv2.resize(mask.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA))
 
     def trainable_decoder(self) -> torch.nn.Module:

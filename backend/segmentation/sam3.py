@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from backend.core.errors import ImageError, ModelUnavailableError
+from backend.core.errors import ModelUnavailableError
 from backend.core.pretrained import resolve_device
 from backend.core.settings import Settings
 from backend.segmentation import compat
@@ -77,13 +76,9 @@ class Sam3Segmenter(Sam2Segmenter):
     def backbone(self) -> torch.nn.Module:
         return self.detector.vision_encoder.backbone
 
-    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Stretched to the square input and scaled to -1..1, as Sam3Processor does."""
-        if min(image.shape[:2]) < 1:
-            raise ImageError("the image has no pixels", "image")
-        resized = np.asarray(Image.fromarray(image).resize((self.side, self.side), Image.BILINEAR))
-        normalized = (resized.astype(np.float32) / 255.0 - 0.5) / 0.5
-        return torch.from_numpy(normalized).permute(2, 0, 1).contiguous()[None], (self.side, self.side)
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Scaled to -1..1, as Sam3Processor does."""
+        return (pixels.astype(np.float32) / 255.0 - 0.5) / 0.5
 
     def encode(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         """The backbone's output as a 1xCxhxw map: the one array both heads start from."""
@@ -105,12 +100,6 @@ class Sam3Segmenter(Sam2Segmenter):
         maps[-1] = maps[-1] + self.model.no_memory_embedding.reshape(1, -1, 1, 1)
         maps = maps[: len(self.model.backbone_feature_sizes)]
         return {"features": maps[-1], "high_res_s0": maps[0], "high_res_s1": maps[1]}
-
-    def logits_target(self, mask: np.ndarray, embedding: Embedding) -> torch.Tensor:
-        import cv2
-
-        side = int(self.model.prompt_encoder.mask_input_size[0])
-        return torch.from_numpy(cv2.resize(mask.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA))
 
     # ------------------------------------------------------------ concepts
     def _vision_embeds(self, embedding: Embedding):
