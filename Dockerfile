@@ -17,10 +17,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY constraints.txt requirements.txt ./
+COPY constraints.txt requirements.txt requirements-no-deps.txt ./
 # The CPU build of torch; the constraint keeps every other package from pulling a CUDA torch.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN pip install --extra-index-url "${TORCH_INDEX}" -c constraints.txt -r requirements.txt
+RUN pip install --extra-index-url "${TORCH_INDEX}" -c constraints.txt -r requirements.txt \
+    && pip install --no-deps -c constraints.txt -r requirements-no-deps.txt
 
 COPY backend ./backend
 COPY model.py _wsgi.py gunicorn.conf.py label_config.xml ./

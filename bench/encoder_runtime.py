@@ -1,10 +1,12 @@
 """Image encoder runtimes side by side: eager PyTorch against ONNX Runtime (ENCODER_RUNTIME=onnx).
 
-    ./run bench encoder_runtime [--engines vit_t vit_b] [--images 4] [--clicks 10]
+    ./run bench encoder_runtime [--engines vit_t vit_b sam2:hiera-tiny sam_hq:vit-base] [--images 4] [--clicks 10]
 
-Per engine (real-size architecture, the bench's region-mask checkpoint): encoder time per image, median
+Per engine (real-size architecture, the bench's region-mask checkpoint; SAM 2.1 / SAM-HQ as `family:size`, random
+weights saved with save_pretrained): encoder time per image, median
 and p95 over `--images` 1024 px COCO_MVal images (each encoded twice after a warm-up), the ratio against
-eager measured in the same run, the lowest cosine similarity of the image embeddings, and the lowest mask
+eager measured in the same run, the lowest cosine similarity of the image embeddings (over every array the
+decoder reads: SAM 2.1's high-resolution maps, SAM-HQ's early ViT features too), and the lowest mask
 IoU over `--clicks` random clicks per image (float32 embeddings: the runtime's difference alone).
 The first ONNX load exports the graph; that one-off time is shown apart.
 """
@@ -19,7 +21,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import bench_images, print_table, region_mask_checkpoint, stats_ms
+from common import bench_images, print_table, region_mask_checkpoint, stats_ms, transformers_checkpoint
+
+
+def checkpoint_of(name: str, work: Path, image: Path) -> tuple[str, Path]:
+    """(SAM_ENGINE, SAM_CHECKPOINT) of a bench engine name: vit_t, vit_b, ... or family:size."""
+    if ":" in name:
+        family, size = name.split(":")
+        return family, transformers_checkpoint(family, size, work)
+    return name, region_mask_checkpoint(name, work, image)
 
 
 def main() -> None:
@@ -28,7 +38,7 @@ def main() -> None:
     from backend.segmentation.registry import load_segmenter
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engines", nargs="+", default=["vit_t", "vit_b"])
+    parser.add_argument("--engines", nargs="+", default=["vit_t", "sam2:hiera-tiny", "vit_b"])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--clicks", type=int, default=10)
     args = parser.parse_args()
@@ -38,12 +48,12 @@ def main() -> None:
         paths = bench_images(work / "images", args.images, 1024)
         images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
         for engine in args.engines:
-            checkpoint = region_mask_checkpoint(engine, work, paths[0])
+            engine_name, checkpoint = checkpoint_of(engine, work, paths[0])
             segmenters, times, export_s = {}, {}, None
             for runtime in ("torch", "onnx"):
                 started = time.perf_counter()
                 segmenters[runtime] = load_segmenter(Settings(
-                    sam_engine=engine, sam_checkpoint=str(checkpoint), sam_download=False, model_dir=str(work),
+                    sam_engine=engine_name, sam_checkpoint=str(checkpoint), sam_download=False, model_dir=str(work),
                     encoder_runtime=runtime, embedding_float16=False))
                 if runtime == "onnx":
                     export_s = time.perf_counter() - started
@@ -57,8 +67,9 @@ def main() -> None:
             cosines, ious = [], []
             for image in images:
                 a, b = (segmenters[r].embed(image) for r in ("torch", "onnx"))
-                x, y = a.features.ravel().astype(np.float64), b.features.ravel().astype(np.float64)
-                cosines.append(float(x @ y / np.linalg.norm(x) / np.linalg.norm(y)))
+                for name in a.arrays:
+                    x, y = (e.arrays[name].ravel().astype(np.float64) for e in (a, b))
+                    cosines.append(float(x @ y / np.linalg.norm(x) / np.linalg.norm(y)))
                 for _ in range(args.clicks):
                     point = rng.uniform(0.05, 0.95, 2) * (image.shape[1], image.shape[0])
                     click = Prompt(points=point[None].astype(np.float32), labels=np.array([1]))

@@ -20,6 +20,7 @@ except in the `owlv2-eager` rows.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -100,13 +101,18 @@ def save_sam3_random(folder: Path) -> Path:
 
 
 ROUTES = {  # --routes name: (table name, the settings it changes, made in a temporary folder)
-    "owlv2": ("OWLv2 base/16 + MobileSAM", lambda tmp: {}),
-    "owlv2-eager": ("OWLv2 base/16 + MobileSAM, ENCODER_RUNTIME=torch", lambda tmp: {"ENCODER_RUNTIME": "torch"}),
+    "omdet": ("OmDet-Turbo swin-tiny @640 + MobileSAM", lambda tmp: {"DETECTOR_MODEL": omdet_turbo_tiny(tmp)}),
+    "owlv2": ("OWLv2 base/16 @960 + MobileSAM", lambda tmp: {"DETECTOR_MODEL": owlv2_base(tmp)}),
+    "owlv2-eager": ("OWLv2 base/16 @960 + MobileSAM, ENCODER_RUNTIME=torch",
+                    lambda tmp: {"DETECTOR_MODEL": owlv2_base(tmp), "ENCODER_RUNTIME": "torch"}),
     "gdino": ("Grounding DINO tiny + MobileSAM",
               lambda tmp: {"DETECTOR_MODEL": str(save_grounding_dino_tiny(tmp / "gdino"))}),
     "sam3": ("SAM 3 (concepts)", lambda tmp: {"SAM_ENGINE": "sam3", "PRELABEL_DETECTOR": "sam3",
                                               "SAM_CHECKPOINT": str(save_sam3_random(tmp / "sam3"))}),
 }
+WORKER_CLASSES = {"rq default (fork per job)": "rq.worker.Worker",
+                  "ModelKeepingWorker": "backend.core.worker.ModelKeepingWorker"}
+DETECTORS = {"omdet": "OmDet-Turbo swin-tiny @640", "owlv2": "OWLv2 base/16 @960"}  # --detector: workers table
 
 
 def labels_table(tmp: Path, base_env: dict, per_count: int, routes: list[str]) -> None:
@@ -152,6 +158,35 @@ def save_grounding_dino_tiny(folder: Path) -> Path:
     return folder
 
 
+@functools.cache
+def owlv2_base(tmp: Path) -> str:
+    return str(save_owlv2_base(tmp / "owlv2"))
+
+
+@functools.cache
+def omdet_turbo_tiny(tmp: Path) -> str:
+    return str(save_omdet_turbo_tiny(tmp / "omdet"))
+
+
+def save_omdet_turbo_tiny(folder: Path) -> Path:
+    """The omlab/omdet-turbo-swin-tiny-hf architecture (transformers' OmDetTurboConfig defaults: timm Swin-T at
+    640 px, CLIP text tower, 900 queries) with random weights, the DETR image processor at 640 x 640 and an offline
+    CLIP tokenizer."""
+    sys.path.insert(0, str(ROOT))
+    from transformers import DetrImageProcessorPil, OmDetTurboConfig, OmDetTurboForObjectDetection
+    from transformers.models.omdet_turbo.processing_omdet_turbo import OmDetTurboProcessor
+
+    from backend.segmentation.compat import provide_timm
+    from tests.helpers import offline_clip_tokenizer
+
+    provide_timm()
+    torch.manual_seed(0)
+    OmDetTurboForObjectDetection(OmDetTurboConfig()).save_pretrained(folder)
+    OmDetTurboProcessor(image_processor=DetrImageProcessorPil(size={"height": 640, "width": 640}, do_pad=False),
+                        tokenizer=offline_clip_tokenizer(77)[0]).save_pretrained(folder)
+    return folder
+
+
 def save_owlv2_base(folder: Path) -> Path:
     sys.path.insert(0, str(ROOT))
     from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
@@ -172,26 +207,47 @@ def save_owlv2_base(folder: Path) -> Path:
     return folder
 
 
-def run(workers: int, images: list[Path], env: dict, redis_url: str) -> float:
+def tree_rss_mb(pids: list[int]) -> float:
+    """Resident memory of these processes and their children (work horses), MiB."""
+    total = 0
+    for pid in pids:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            for member in [pid, *map(int, children)]:
+                status = Path(f"/proc/{member}/status").read_text()
+                total += int(status.split("VmRSS:")[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return total / 1024
+
+
+def run(workers: int, images: list[Path], env: dict, redis_url: str, worker_class: str) -> tuple[float, float]:
+    """Seconds for all images through `workers` RQ workers of `worker_class` once they are warm, and the peak
+    resident memory of the workers (sampled every 0.1 s)."""
     from redis import Redis
     from rq import Queue
 
     connection = Redis.from_url(redis_url)
     connection.flushdb()
     queue = Queue("backend", connection=connection)
-    procs = [subprocess.Popen([str(Path(sys.executable).with_name("rq")), "worker", "backend", "--url",
-                               redis_url], cwd=ROOT / "bench",
+    procs = [subprocess.Popen([str(Path(sys.executable).with_name("rq")), "worker", "backend", "--url", redis_url,
+                               "--worker-class", worker_class], cwd=ROOT / "bench",
                               env={**os.environ, **env, "OMP_NUM_THREADS": str(max(1, 2 // workers)),
                                    "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+    peak = 0.0
+
+    def wait_for(jobs) -> None:
+        nonlocal peak
+        while any(j.get_status(refresh=True).value not in ("finished", "failed") for j in jobs):
+            peak = max(peak, tree_rss_mb([p.pid for p in procs]))
+            time.sleep(0.1)
+
     # warm-up: each worker loads the models on its first job; time from the moment all are warm
-    warm = [queue.enqueue("prelabel_throughput.job", str(images[0]), job_timeout=3600) for _ in range(workers)]
-    while any(j.get_status(refresh=True).value not in ("finished", "failed") for j in warm):
-        time.sleep(0.1)
+    wait_for([queue.enqueue("prelabel_throughput.job", str(images[0]), job_timeout=3600) for _ in range(workers)])
     started = time.perf_counter()
     jobs = [queue.enqueue("prelabel_throughput.job", str(path), job_timeout=3600) for path in images]
-    while any(j.get_status(refresh=True).value not in ("finished", "failed") for j in jobs):
-        time.sleep(0.1)
+    wait_for(jobs)
     elapsed = time.perf_counter() - started
     failed = [j for j in jobs if j.get_status().value == "failed"]
     for proc in procs:
@@ -199,7 +255,7 @@ def run(workers: int, images: list[Path], env: dict, redis_url: str) -> float:
         proc.wait(timeout=60)
     if failed:
         raise RuntimeError(f"{len(failed)} jobs failed: {failed[0].latest_result().exc_string[-2000:]}")
-    return elapsed
+    return elapsed, peak
 
 
 def main() -> None:
@@ -210,6 +266,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["workers", "labels"])
     parser.add_argument("--routes", nargs="+", choices=list(ROUTES), default=list(ROUTES),
                         help="rows of the labels table")
+    parser.add_argument("--detector", choices=list(DETECTORS), default="omdet", help="detector of the workers table")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one route's process
     args = parser.parse_args()
     if args.measure:
@@ -218,7 +275,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = {"SAM_ENGINE": "vit_t", "SAM_CHECKPOINT": str(random_checkpoint("vit_t", tmp)),
-               "SAM_DOWNLOAD": "false", "DETECTOR_MODEL": str(save_owlv2_base(tmp / "owlv2")),
+               "SAM_DOWNLOAD": "false",
                "DETECTOR_THRESHOLD": "0", "MAX_DETECTIONS": str(args.detections), "HF_HUB_OFFLINE": "1",
                "LOCAL_FILES_DOCUMENT_ROOT": str(tmp), "MODEL_DIR": str(tmp / "models"),
                "EMBEDDING_CACHE_MB": "64", "EMBEDDING_DISK_MB": "0", "LOG_LEVEL": "WARNING"}
@@ -226,18 +283,21 @@ def main() -> None:
             labels_table(tmp, env, args.label_images, args.routes)
         if args.only == "labels":
             return
+        env.update(ROUTES[args.detector][1](tmp))
         with redis_server() as redis_url:
             images = bench_images(tmp / "images", args.images, 1024)
             rows = []
-            for workers in (1, 2):
-                seconds = run(workers, images, env, redis_url)
-                rows.append({"workers": workers, "images": len(images), "seconds": round(seconds, 1),
-                             "images/min": round(60 * len(images) / seconds, 2)})
-            for row in rows:
+            for name, worker_class in WORKER_CLASSES.items():
+                for workers in (1, 2):
+                    seconds, peak = run(workers, images, env, redis_url, worker_class)
+                    rows.append({"worker": name, "workers": workers, "images": len(images),
+                                 "seconds": round(seconds, 1), "images/min": round(60 * len(images) / seconds, 2),
+                                 "peak MiB": round(peak)})
+            for row in rows:  # baseline: RQ's default worker, 1 worker
                 row["ratio"] = round(row["images/min"] / rows[0]["images/min"], 2)
-        print(f"bulk pre-labeling: OWLv2 base/16 @960 + MobileSAM, {args.detections} boxes per 1024 px image, "
-              f"{len(LABELS)} categories in one detector pass")
-        print_table(rows, ["workers", "images", "seconds", "images/min", "ratio"])
+        print(f"bulk pre-labeling: {DETECTORS[args.detector]} + MobileSAM, {args.detections} boxes per 1024 px image, "
+              f"{len(LABELS)} categories in one detector pass; peak MiB = all workers' resident memory together")
+        print_table(rows, ["worker", "workers", "images", "seconds", "images/min", "ratio", "peak MiB"])
 
 
 if __name__ == "__main__":

@@ -300,6 +300,33 @@ def save_tiny_owlv2(folder: Path) -> Path:
     return folder
 
 
+def save_tiny_omdet_turbo(folder: Path) -> Path:
+    """A random-weight OmDet-Turbo in the hub's layout: transformers' timm Swin-T backbone config (the only
+    full-size part: timm has no smaller Swin) at 224 px, tiny CLIP text tower, encoder and decoder; the processor
+    (DETR image processor + offline CLIP tokenizer, 77 tokens as the processor pads) saved beside it. As in the
+    real model, text width = class embedding > encoder / decoder width (transformers needs its task projection)."""
+    from transformers import DetrImageProcessorPil, OmDetTurboConfig, OmDetTurboForObjectDetection
+    from transformers.models.omdet_turbo.processing_omdet_turbo import OmDetTurboProcessor
+
+    from backend.segmentation.compat import provide_timm
+
+    provide_timm()
+    torch.manual_seed(0)
+    tokenizer, vocab = offline_clip_tokenizer(77)
+    text = {"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "vocab_size": len(vocab), "max_position_embeddings": 77, "bos_token_id": len(vocab) - 2,
+            "eos_token_id": len(vocab) - 1, "pad_token_id": vocab["!"]}
+    config = OmDetTurboConfig(
+        text_config=text, image_size=224, text_projection_in_dim=64, text_projection_out_dim=64, class_embed_dim=64,
+        task_encoder_hidden_dim=64, encoder_hidden_dim=32, vision_features_channels=[32, 32, 32],
+        encoder_dim_feedforward=64, encoder_attention_heads=2, decoder_hidden_dim=32, decoder_num_heads=2,
+        decoder_num_layers=1, decoder_dim_feedforward=64, num_queries=20)
+    OmDetTurboForObjectDetection(config).save_pretrained(folder)
+    image_processor = DetrImageProcessorPil(size={"height": 224, "width": 224}, do_pad=False)
+    OmDetTurboProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 def offline_clip_tokenizer(max_length: int):
     """A working byte-level CLIPTokenizer made without downloads: the 256 byte characters (and their
     end-of-word forms) plus the two special tokens, no merges. Returns (tokenizer, vocab)."""

@@ -55,10 +55,14 @@ def start_gunicorn(env: dict, folder: Path, port: int, workers: int = 2) -> subp
     return start_server(cmd, env, folder / "gunicorn.log", f"http://127.0.0.1:{port}/health")
 
 
+WORKER_CLASS = "backend.core.worker.ModelKeepingWorker"  # docker-compose's
+
+
 def start_rq_worker(env: dict, folder: Path, redis_url: str) -> subprocess.Popen:
     """An `rq worker` for the backend's queue, as docker-compose's worker service runs it."""
     rq = Path(sys.executable).with_name("rq")
     env = {"MODEL_DIR": str(folder / "models"), "IMAGE_CACHE_DIR": str(folder / "images"), **env}
     log = open(folder / "rq-worker.log", "w")
-    return subprocess.Popen([str(rq), "worker", "backend", "--url", redis_url], cwd=ROOT, env={**os.environ, **env},
+    return subprocess.Popen([str(rq), "worker", "backend", "--url", redis_url, "--worker-class", WORKER_CLASS],
+                            cwd=ROOT, env={**os.environ, **env},
                             stdout=log, stderr=subprocess.STDOUT)

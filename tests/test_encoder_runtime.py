@@ -9,9 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from backend.core.errors import ModelUnavailableError
 from backend.core.settings import Settings
+from backend.segmentation import encoder_runtime
+from backend.segmentation.encoder_runtime import ExportShape, choose_encoder
 from backend.segmentation.prompts import Prompt
 from backend.segmentation.registry import load_segmenter
 from tests.helpers import TINY_ARCH, disk_image, iou
@@ -68,3 +71,65 @@ def test_a_missing_runtime_is_a_clear_error_or_with_auto_eager(tiny_checkpoints,
         segmenter = load_segmenter(settings("vit_t", tiny_checkpoints["vit_t"], tmp_path, "auto"))
     assert segmenter.encoder is segmenter.model.image_encoder and "using eager PyTorch" in caplog.text
     assert "ENCODER_RUNTIME='tensorrt' is not one of" in Settings(encoder_runtime="tensorrt").problems()[0]
+
+
+class BranchOnInput(torch.nn.Module):
+    """Traced on the export's all-zero input, its branch is baked into the graph, which then computes something
+    else than eager PyTorch does on any real image (the kind of export the check must catch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if float(pixels.abs().sum()) == 0:
+            return pixels * self.scale * 3 + 1
+        return pixels * self.scale * 2
+
+
+def test_an_export_that_does_not_reproduce_eager_is_never_used(tmp_path, caplog):
+    shape = ExportShape((1, 3, 8, 8), ("out",))
+    module = BranchOnInput()
+    with pytest.raises(ModelUnavailableError, match="does not reproduce eager PyTorch"):
+        choose_encoder(module, "branchy-1", "onnx", tmp_path, torch.device("cpu"), shape)
+    assert not (tmp_path / "branchy-1.json").exists()  # no sidecar vouches for the graph
+    with caplog.at_level(logging.WARNING):
+        assert choose_encoder(module, "branchy-1", "auto", tmp_path, torch.device("cpu"), shape) is module
+    assert "does not reproduce eager PyTorch" in caplog.text and "using eager PyTorch" in caplog.text
+
+
+class NaNSession:
+    """An ONNX Runtime session whose outputs are NaN: what constant folding made of SAM 2.1's Hiera encoder."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def run(self, names, feeds):
+        return [np.full_like(out, np.nan) for out in self.session.run(names, feeds)]
+
+
+def test_an_export_broken_by_an_optimizer_pass_runs_with_that_pass_off(tiny_checkpoints, tmp_path, monkeypatch):
+    real_session = encoder_runtime._session
+    asked = []
+
+    def session(path, disabled=()):
+        asked.append(list(disabled))
+        made = real_session(path, disabled)
+        return made if "ConstantFolding" in disabled else NaNSession(made)
+
+    monkeypatch.setattr(encoder_runtime, "_session", session)
+    config = settings("vit_t", tiny_checkpoints["vit_t"], tmp_path, "onnx")
+    fast = load_segmenter(config)
+    assert asked == [[], ["ConstantFolding"], ["ConstantFolding"]]  # checked, retried, then used
+    sidecar = json.loads(fast.encoder.path.with_suffix(".json").read_text())
+    assert sidecar["disabled_optimizers"] == ["ConstantFolding"]
+    image, _ = disk_image(160, 120)
+    eager = load_segmenter(settings("vit_t", tiny_checkpoints["vit_t"], tmp_path, "torch"))
+    x, y = (s.embed(image).features.ravel().astype(np.float64) for s in (eager, fast))
+    assert np.isfinite(y).all() and x @ y / np.linalg.norm(x) / np.linalg.norm(y) >= 0.999
+    asked.clear()
+    load_segmenter(config)  # a later start reads the sidecar: no new export, the pass stays off
+    assert asked == [["ConstantFolding"]]

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
+from redis import Redis
 
 from backend.core.jobs import InProcessQueue, RedisQueue
 from tests.helpers import LABEL_CONFIG, data_uri, disk_image, encode_image, free_port, sam_env
@@ -47,9 +49,14 @@ def test_in_process_job_records_are_bounded(tmp_path):
     assert other_process.status(jobs[-1])["status"] == "finished"
 
 
-def rq_worker(redis_url: str, log: Path) -> subprocess.Popen:
+KEEPING = "backend.core.worker.ModelKeepingWorker"
+CLASSES = [KEEPING, "rq.worker.Worker"]  # ours (docker-compose's) and RQ's forking default
+
+
+def rq_worker(redis_url: str, log: Path, worker_class: str = KEEPING) -> subprocess.Popen:
     rq = Path(sys.executable).with_name("rq")
-    return subprocess.Popen([str(rq), "worker", "backend", "--url", redis_url, "--job-monitoring-interval", "1"],
+    return subprocess.Popen([str(rq), "worker", "backend", "--url", redis_url, "--job-monitoring-interval", "1",
+                             "--worker-class", worker_class],
                             cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -71,17 +78,19 @@ def wait_status(queue, job: str, wanted: set[str], timeout: float = 60) -> dict:
     raise AssertionError(f"job {job} never reached {wanted}: {status}")
 
 
-def test_a_job_whose_rq_worker_is_killed_is_retried_then_failed(redis_url, tmp_path):
+@pytest.mark.parametrize("worker_class", CLASSES)
+def test_a_job_whose_rq_worker_is_killed_is_retried_then_failed(redis_url, tmp_path, worker_class):
     url = redis_url.rsplit("/", 1)[0] + "/3"
+    Redis.from_url(url).flushdb()
     queue = RedisQueue(url, timeout=60, retries=1, heartbeat_timeout=3)
     job = queue.enqueue("time.sleep", 4)
-    worker = rq_worker(url, tmp_path / "w1.log")
+    worker = rq_worker(url, tmp_path / "w1.log", worker_class)
     wait_status(queue, job, {"started"})
     time.sleep(0.5)
     kill_worker_and_horse(worker)  # mid-job
     retried = wait_status(queue, job, {"queued", "scheduled", "deferred"}, timeout=20)
     assert retried["status"] != "started"
-    second = rq_worker(url, tmp_path / "w2.log")
+    second = rq_worker(url, tmp_path / "w2.log", worker_class)
     try:
         assert wait_status(queue, job, {"finished", "failed"})["status"] == "finished"
     finally:
@@ -89,12 +98,33 @@ def test_a_job_whose_rq_worker_is_killed_is_retried_then_failed(redis_url, tmp_p
 
     no_retry = RedisQueue(url, timeout=60, retries=0, heartbeat_timeout=3)
     job = no_retry.enqueue("time.sleep", 30)
-    worker = rq_worker(url, tmp_path / "w3.log")
+    worker = rq_worker(url, tmp_path / "w3.log", worker_class)
     wait_status(no_retry, job, {"started"})
     time.sleep(0.5)
     kill_worker_and_horse(worker)
     failed = wait_status(no_retry, job, {"failed"}, timeout=20)
     assert "died" in failed["error"] or "Abandoned" in failed["error"], failed
+
+
+def test_the_backend_worker_keeps_what_jobs_load_and_beats_during_a_long_job(redis_url, tmp_path):
+    """Jobs run in the worker's own process (a model one job loads serves the next: the bench's 2x), and a job
+    longer than JOB_HEARTBEAT_TIMEOUT is not taken for abandoned, because heartbeats go on while it runs."""
+    url = redis_url.rsplit("/", 1)[0] + "/4"
+    Redis.from_url(url).flushdb()
+    queue = RedisQueue(url, timeout=60, retries=0, heartbeat_timeout=3)
+    worker = rq_worker(url, tmp_path / "keep.log")
+    try:
+        loads = [queue.enqueue("tests.job_probe.load_once") for _ in range(2)]
+        first, second = (wait_status(queue, job, {"finished", "failed"})["result"] for job in loads)
+        assert first["pid"] == second["pid"] and (first["loads"], second["loads"]) == (1, 1)
+        long_job = queue.enqueue("time.sleep", 6)  # twice the heartbeat timeout
+        seen = []
+        while not seen or seen[-1] not in ("finished", "failed"):
+            seen.append(queue.status(long_job)["status"])
+            time.sleep(0.2)
+        assert seen[-1] == "finished" and "queued" not in seen[seen.index("started"):], seen
+    finally:
+        kill_worker_and_horse(worker)
 
 
 def test_prelabel_polls_with_a_deadline(monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -19,8 +22,10 @@ from tests.helpers import (
     predict_body,
     sam_env,
     save_tiny_grounding_dino,
+    save_tiny_omdet_turbo,
     save_tiny_owlv2,
 )
+from tests.processes import ROOT
 
 CONFIG = parse_label_config(LABEL_CONFIG)  # labels Disk, Background
 
@@ -47,9 +52,14 @@ def tiny_grounding_dino(tmp_path_factory):
     return save_tiny_grounding_dino(tmp_path_factory.mktemp("grounding-dino"))
 
 
-@pytest.mark.parametrize("kind", ["owlv2", "grounding-dino"])
+@pytest.fixture(scope="module")
+def tiny_omdet_turbo(tmp_path_factory):
+    return save_tiny_omdet_turbo(tmp_path_factory.mktemp("omdet-turbo"))
+
+
+@pytest.mark.parametrize("kind", ["owlv2", "grounding-dino", "omdet-turbo"])
 def test_tiny_detectors_load_from_disk_and_detect_all_prompts_in_one_pass(kind, request):
-    folder = request.getfixturevalue("tiny_owlv2" if kind == "owlv2" else "tiny_grounding_dino")
+    folder = request.getfixturevalue("tiny_" + kind.replace("-", "_"))
     detector = get_detector(str(folder))
     assert detector.kind == kind
     image, _ = two_disks()
@@ -59,6 +69,46 @@ def test_tiny_detectors_load_from_disk_and_detect_all_prompts_in_one_pass(kind, 
         x0, y0, x1, y1 = detection.box
         assert 0 <= x0 < x1 <= 240 and 0 <= y0 < y1 <= 160 and 0 <= detection.score <= 1
     assert len(non_max_suppression(found, 0.5)) <= len(found)
+
+
+FRESH_OMDET = """
+import importlib.machinery, importlib.util, sys
+import numpy as np
+if sys.argv[2] == "hide-timm":  # as if timm were not installed: only the backend's own shim can be found
+    class HideTimm:
+        def find_spec(self, name, path=None, target=None):
+            if name == "timm":
+                return importlib.machinery.PathFinder.find_spec(name, [p for p in sys.path if "-packages" not in p])
+    sys.meta_path.insert(0, HideTimm())
+from backend.core.errors import ModelUnavailableError
+from backend.prelabel.detector import get_detector
+try:
+    found = get_detector(sys.argv[1]).detect(np.zeros((90, 120, 3), np.uint8), ["disk", "background"], 0.0)
+except ModelUnavailableError as exc:
+    print("refused:", exc)
+    raise SystemExit
+assert found and all(0 <= d.box[0] < d.box[2] <= 120 and 0 <= d.box[1] < d.box[3] <= 90 for d in found)
+assert importlib.util.find_spec("torchvision") is None, "the shim must not stay visible as torchvision"
+assert not [k for k in sys.modules if k.split(".")[0] == "torchvision"]
+import mobile_sam.modeling.tiny_vit_sam as tiny_vit
+assert "_shims" in tiny_vit.register_model.__code__.co_filename  # MobileSAM kept the timm shim
+print("detected", len(found))
+"""
+
+
+@pytest.mark.parametrize("timm", ["installed", "hide-timm"])
+def test_omdet_turbo_in_a_fresh_process_uses_real_timm_without_torchvision_or_says_what_is_missing(
+        tiny_omdet_turbo, timm):
+    """The real timm runs OmDet-Turbo's Swin with the shim's import-time names, which then leave sys.modules
+    (transformers keeps its no-torchvision fallbacks); without timm, one error names the setting and the fix."""
+    done = subprocess.run([sys.executable, "-c", FRESH_OMDET, str(tiny_omdet_turbo), timm], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if timm == "installed":
+        assert done.stdout.startswith("detected"), done.stdout
+    else:
+        assert "refused: DETECTOR_MODEL" in done.stdout and "timm is not installed" in done.stdout
+        assert "requirements-no-deps.txt" in done.stdout, done.stdout
 
 
 def test_aliases_and_caption_become_prompts():

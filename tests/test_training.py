@@ -206,7 +206,7 @@ def test_the_transformers_families_fine_tune_their_mask_decoder(family, configur
 
 
 @pytest.mark.parametrize("family", ["sam2", "sam_hq"])
-def test_training_on_an_image_that_clicks_were_served_on(family, tiny_families):
+def test_training_on_an_image_that_clicks_were_served_on(family, tiny_families, tmp_path):
     """Serving keeps per-image decoder inputs made in inference mode; a training step on the same image must
     not reuse them (autograd cannot save inference tensors) and must learn through the whole decoder."""
     from backend.core.settings import Settings
@@ -214,7 +214,7 @@ def test_training_on_an_image_that_clicks_were_served_on(family, tiny_families):
     from backend.segmentation.registry import load_segmenter
 
     segmenter = load_segmenter(Settings(sam_engine=family, sam_checkpoint=str(tiny_families[family]),
-                                        sam_download=False))
+                                        sam_download=False, model_dir=str(tmp_path)))
     image, mask = disk_image(width=160, height=120)
     embedding = segmenter.embed(image)
     click = Prompt(points=np.array([[64.0, 60.0]], np.float32), labels=np.array([1]))

@@ -25,7 +25,7 @@ def from_pretrained(load: Callable[[str], T], name: str, what: str, setting: str
     """`load(name)`; a model that cannot be loaded gives one error naming the setting and where to get it."""
     try:
         return load(name)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         offline = ""
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") and not Path(name).is_dir():

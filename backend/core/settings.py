@@ -71,7 +71,7 @@ class Settings:
     prelabel_mode: str = "categories"  # batch predict without clicks: categories (detector) | everything | off
     prelabel_detector: str = "boxes"  # boxes: DETECTOR_MODEL boxes, SAM_ENGINE masks | sam3: SAM 3 concept masks
     sam3_checkpoint: str = ""  # SAM 3 for concepts when SAM_ENGINE is not sam3 (default facebook/sam3)
-    detector_model: str = "google/owlv2-base-patch16-ensemble"  # or IDEA-Research/grounding-dino-tiny, or a folder
+    detector_model: str = "omlab/omdet-turbo-swin-tiny-hf"  # or google/owlv2-base-patch16-ensemble, a folder, ...
     detector_threshold: float = 0.3  # detections below this score are dropped
     category_aliases: str = ""  # JSON {"Label": "prompt text" or ["text", ...]} when the label is not a good prompt
     prompt_field: str = "caption"  # task data field whose text adds prompts (comma separated)

@@ -57,6 +57,19 @@ def load_pretrained(settings: Settings, model_class) -> torch.nn.Module:
     return model.to(resolve_device(settings.device)).eval()
 
 
+class _EncodeGraph(torch.nn.Module):
+    """A family's `encode` as a module with tuple outputs (`encoder_outputs` order), for the ONNX export."""
+
+    def __init__(self, segmenter: TransformersSegmenter):
+        super().__init__()
+        self.model = segmenter.model
+        self.segmenter = [segmenter]  # not a submodule: only the model's weights belong to the graph
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        arrays = self.segmenter[0].encode(pixels)
+        return tuple(arrays[name] for name in self.segmenter[0].encoder_outputs)
+
+
 class TransformersSegmenter:
     """Embeds with a transformers SAM family's vision encoder; decodes with its prompt encoder and mask decoder.
 
@@ -64,6 +77,8 @@ class TransformersSegmenter:
     and `logits_target`. Stateless per request: one instance serves concurrent requests."""
 
     family = ""
+    encoder_outputs: tuple[str, ...] = ()  # what `encode` returns, in order: set by families whose encoder exports
+    auto_runtime = "onnx"  # what ENCODER_RUNTIME=auto means for this family (bench encoder_runtime)
     mask_threshold = 0.0
     tensors_kept = 4  # images whose decoder inputs stay converted (clicks come in bursts on one image)
 
@@ -79,6 +94,8 @@ class TransformersSegmenter:
         with torch.inference_mode():
             self.image_pe = model.get_image_wide_positional_embeddings().to(device)
         self._tensors: PerImageMemo[dict[str, torch.Tensor]] = PerImageMemo(self.tensors_kept)
+        self.encoder_runner = None  # an ONNX Runtime session of `encode` (use_encoder_runtime)
+        self.runtime = "torch"
 
     # ------------------------------------------------------------ per family
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -117,11 +134,31 @@ class TransformersSegmenter:
         return {name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device, torch.float32)
                 for name, array in embedding.arrays.items()}
 
+    def use_encoder_runtime(self, runtime: str, folder: Path) -> str:
+        """ENCODER_RUNTIME for the vision encoder: `encode` exported once as one graph of `encoder_outputs` into
+        `folder` and run by ONNX Runtime (same rules and fallback as SAM's encoder). Returns the runtime in use."""
+        from backend.segmentation.encoder_runtime import ExportShape, choose_encoder
+
+        if not self.encoder_outputs or (runtime == "auto" and self.auto_runtime == "torch"):
+            return self.runtime
+        pixels, _ = self.preprocess(np.zeros((8, 8, 3), np.uint8))
+        shape = ExportShape(tuple(pixels.shape), self.encoder_outputs)
+        runner = choose_encoder(_EncodeGraph(self), self.fingerprint, runtime, folder, self.device, shape)
+        if not isinstance(runner, torch.nn.Module):
+            self.encoder_runner, self.runtime = runner, "onnx"
+        return self.runtime
+
+    def _encode(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.encoder_runner is None:
+            return self.encode(pixel_values)
+        outputs = self.encoder_runner(pixel_values)
+        return dict(zip(self.encoder_outputs, outputs if isinstance(outputs, tuple) else (outputs,), strict=True))
+
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:
         pixel_values, input_size = self.preprocess(image)
         arrays = {name: t.cpu().numpy().astype(self.features_dtype, copy=False)
-                  for name, t in self.encode(pixel_values.to(self.device)).items()}
+                  for name, t in self._encode(pixel_values.to(self.device)).items()}
         features = arrays.pop("features")
         return Embedding(features=features, original_size=(int(image.shape[0]), int(image.shape[1])),
                          input_size=input_size, extra=arrays)

@@ -59,6 +59,7 @@ class Sam3Segmenter(Sam2Segmenter):
     """Clicks and boxes through the tracker (as SAM 2.1), concepts through the detector; one backbone."""
 
     family = "sam3"
+    encoder_outputs = ()  # its 848 M-parameter backbone stays in PyTorch (not exported)
 
     def __init__(self, tracker: torch.nn.Module, detector: torch.nn.Module, tokenizer, name: str,
                  device: torch.device, float16_features: bool = False):

@@ -6,6 +6,8 @@ the sum of SAM's mask and the HQ token's mask (transformers' default, `hq_token_
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,7 @@ from segment_anything.utils.transforms import ResizeLongestSide  # noqa: E402
 
 class SamHQSegmenter(TransformersSegmenter):
     family = "sam_hq"
+    encoder_outputs = ("features", "vit_early")
     hq_token_only = False
 
     def __init__(self, *args, **kwargs):
@@ -80,5 +83,7 @@ def load_sam_hq(settings: Settings) -> SamHQSegmenter:
     from transformers import SamHQModel
 
     model = load_pretrained(settings, SamHQModel)
-    return SamHQSegmenter(model, settings.sam_engine, resolve_device(settings.device),
-                          float16_features=settings.embedding_float16)
+    segmenter = SamHQSegmenter(model, settings.sam_engine, resolve_device(settings.device),
+                               float16_features=settings.embedding_float16)
+    segmenter.use_encoder_runtime(settings.encoder_runtime, Path(settings.model_dir) / "onnx")
+    return segmenter

@@ -1,9 +1,28 @@
-"""`resize` and `to_pil_image` as segment_anything's ResizeLongestSide uses them (PIL in, PIL out)."""
+"""`resize` and `to_pil_image` as segment_anything's ResizeLongestSide uses them (PIL in, PIL out), and the
+`InterpolationMode` names timm imports."""
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 from PIL import Image
+
+from .._absent import absent
+
+
+class InterpolationMode(enum.Enum):
+    NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    BOX = "box"
+    HAMMING = "hamming"
+    LANCZOS = "lanczos"
+
+
+def __getattr__(name: str):
+    return absent(__name__, name)
 
 
 def to_pil_image(pic: np.ndarray) -> Image.Image:

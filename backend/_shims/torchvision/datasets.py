@@ -1,0 +1,7 @@
+"""Dataset names timm's data module imports; using one says torchvision is missing."""
+
+from ._absent import absent
+
+
+def __getattr__(name: str):
+    return absent(__name__, name)
