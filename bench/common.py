@@ -203,12 +203,14 @@ def backend_server(env: dict[str, str], workdir: Path, workers: int = 1, threads
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        for _ in range(3000):  # until the engine is loaded: /health is up while it loads in the background
             try:
-                if requests.get(url + "/health", timeout=5).ok:
+                health = requests.get(url + "/health", timeout=5)
+                if health.ok and health.json().get("engine", {}).get("loaded", True):
                     break
             except requests.RequestException:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         else:
             raise RuntimeError("backend did not start; see " + log.name)
         yield url, proc.pid

@@ -1,20 +1,21 @@
 """Images per minute for bulk pre-labeling with real-size architectures (random weights), 1 vs 2 RQ workers.
 
-    ./run bench prelabel_throughput [--images 8] [--detections 10]
+    ./run bench prelabel_throughput [--images 8] [--detections 10] [--detector omdet|owlv2]
 
-Detector: OWLv2 base/16 at 960 px (the google/owlv2-base-patch16-ensemble architecture); segmenter:
-MobileSAM (vit_t). Random weights: the box head is scaled down so boxes are the model's prior boxes
-(a random head gives zero-size boxes), and the threshold is 0 with `--detections` boxes per image,
-so every image costs one detector pass and that many box->mask decodes. Work goes through real RQ
-workers on a real redis-server; with 2 workers each gets 1 torch thread (2 cores in all).
+Workers table: the default detector (OmDet-Turbo swin-tiny at 640 px, the omlab/omdet-turbo-swin-tiny-hf
+architecture; `--detector owlv2` for OWLv2 base/16 at 960 px) and MobileSAM (vit_t), through real RQ workers on
+a real redis-server, for RQ's default forking worker and the backend's ModelKeepingWorker (backend/core/worker.py),
+1 and 2 workers (with 2, each gets 1 torch thread: 2 cores in all), timed once every worker is warm, with the
+workers' peak resident memory. Random weights: the threshold is 0 with `--detections` boxes per image (OWLv2's
+box head is scaled down so its boxes are the model's prior boxes), so every image costs one detector pass and
+that many box->mask decodes.
 
 A second table times one process per route for 1, 5 and 20 labels (seconds per image, peak memory):
-OWLv2 + MobileSAM beside SAM 3 (PRELABEL_DETECTOR=sam3; the facebook/sam3 architecture, 848 M
-parameters, random weights), whose backbone runs once per image however many labels are asked, and
-Grounding DINO tiny + MobileSAM (its architecture, random weights, 800 / 1333 px as its card says).
-`--only workers|labels` runs one table, `--routes owlv2 owlv2-eager gdino sam3` some rows of the second.
-ENCODER_RUNTIME is the default (auto: ONNX Runtime for MobileSAM's encoder and OWLv2's vision tower)
-except in the `owlv2-eager` rows.
+OmDet-Turbo or OWLv2 (+ MobileSAM), OWLv2 with ENCODER_RUNTIME=torch, Grounding DINO tiny (its architecture,
+800 / 1333 px as its card says) and SAM 3 (PRELABEL_DETECTOR=sam3; the facebook/sam3 architecture, 848 M
+parameters), whose backbone runs once per image however many labels are asked. `--only workers|labels` runs one
+table, `--routes omdet owlv2 owlv2-eager gdino sam3` some rows of the second. ENCODER_RUNTIME is the default
+(auto: ONNX Runtime for MobileSAM's encoder and OWLv2's vision tower) except in the `owlv2-eager` rows.
 """
 
 from __future__ import annotations
