@@ -62,13 +62,19 @@ def job(path: str) -> int:
     return len(prediction["result"])
 
 
+PARTS = {"detector s": "detector_runs", "encoder s": "encoder_runs", "decoders s": "decoder_runs",
+         "concepts s": "concept_runs"}  # per image, from the service's /metrics counters
+
+
 def measure(images: list[str]) -> dict:
     """In a fresh process: seconds per image of the production path for each label count (a warm-up image
-    first, then distinct images per count, so no embedding is reused), and the process's peak RSS."""
+    first, then distinct images per count, so no embedding is reused), the seconds per image spent in each part
+    (the service's counters), and the process's peak RSS."""
     sys.path.insert(0, str(ROOT))
     from backend.core.label_config import parse_label_config
     from backend.core.settings import get_settings
     from backend.prelabel.run import prelabel_task
+    from backend.segmentation.service import get_segmentation
 
     def once(path: str, labels: list[str]) -> float:
         started = time.perf_counter()
@@ -77,9 +83,15 @@ def measure(images: list[str]) -> dict:
 
     once(images[0], LABEL_POOL[:1])
     per_count = (len(images) - 1) // len(LABEL_COUNTS)
-    seconds = {count: [once(path, LABEL_POOL[:count]) for path in images[1 + i * per_count: 1 + (i + 1) * per_count]]
-               for i, count in enumerate(LABEL_COUNTS)}
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    seconds, parts = {}, {}
+    for i, count in enumerate(LABEL_COUNTS):
+        before = get_segmentation().counters.snapshot()["seconds"]
+        seconds[count] = [once(path, LABEL_POOL[:count]) for path in images[1 + i * per_count: 1 + (i + 1) * per_count]]
+        after = get_segmentation().counters.snapshot()["seconds"]
+        parts[count] = {column: round((after.get(key, 0) - before.get(key, 0)) / per_count, 2)
+                        for column, key in PARTS.items() if after.get(key, 0) > before.get(key, 0)}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "parts": parts, "peak_rss_mb": peak}
 
 
 def save_sam3_random(folder: Path) -> Path:
@@ -130,10 +142,11 @@ def labels_table(tmp: Path, base_env: dict, per_count: int, routes: list[str]) -
         result = json.loads(done.stdout.strip().splitlines()[-1])
         one = float(np.median(result["seconds"][str(LABEL_COUNTS[0])]))
         rows += [{**seconds_row(f"{name}, {count} labels", result["seconds"][str(count)], one),
-                  "peak MiB": round(result["peak_rss_mb"])} for count in LABEL_COUNTS]
+                  **result["parts"][str(count)], "peak MiB": round(result["peak_rss_mb"])} for count in LABEL_COUNTS]
     print(f"seconds per 1024 px image by number of labels (MAX_DETECTIONS={base_env['MAX_DETECTIONS']}, threshold 0, "
-          f"{per_count} images per row, one process per route, 2 threads)")
-    print_table(rows, ["what", "median s", "p95 s", "ratio", "peak MiB"])  # ratio: to the route's 1-label median
+          f"{per_count} images per row, one process per route, 2 threads; parts: mean seconds per image)")
+    parts = [column for column in PARTS if any(column in row for row in rows)]
+    print_table(rows, ["what", "median s", "p95 s", "ratio", *parts, "peak MiB"])  # ratio: to the 1-label median
 
 
 def save_grounding_dino_tiny(folder: Path) -> Path:

@@ -14,6 +14,7 @@ from backend.io.images import TaskImage
 from backend.prelabel.detector import Detection, get_detector, non_max_suppression
 from backend.prelabel.run import category_prompts, prelabel_task
 from backend.segmentation.masks import rle_to_mask
+from backend.segmentation.service import get_segmentation
 from tests.helpers import (
     LABEL_CONFIG,
     data_uri,
@@ -141,7 +142,11 @@ def test_each_detected_box_becomes_a_labeled_mask_of_its_object(configure, monke
     original_decode = TaskImage._decode
     monkeypatch.setattr(TaskImage, "_decode", lambda self, *a: decodes.append(1) or original_decode(self, *a))
     task = {"id": 3, "data": {"image": data_uri(encode_image(image))}}
+    counts = get_segmentation().counters.snapshot()["counts"]
     prediction = prelabel_task(task, CONFIG, get_settings())
+    after = get_segmentation().counters.snapshot()["counts"]  # /metrics: what the time per image goes to
+    assert after["detector_runs"] == counts.get("detector_runs", 0) + 1
+    assert after["decoder_runs"] == counts.get("decoder_runs", 0) + 2
     assert stand_in.prompts == ["Disk", "Background"]  # all categories asked at once
     assert len(decodes) == 1  # the detector and the encoder (cold cache) share one decoded image
     assert [r["value"]["brushlabels"] for r in prediction["result"]] == [["Disk"], ["Background"]]

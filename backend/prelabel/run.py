@@ -91,7 +91,9 @@ def box_regions(service: SegmentationService, image: TaskImage, config: LabelCon
     pairs = labeled_prompts(config, settings, task)
     detector = get_detector(settings.detector_model, settings.device, settings.encoder_runtime,
                             str(Path(settings.model_dir) / "onnx"))
+    started = time.perf_counter()
     found = detector.detect(image.pixels(settings), [text for _, text in pairs], settings.detector_threshold)
+    service.counters.add("detector_runs", time.perf_counter() - started)
     found = non_max_suppression(found, group=lambda d: pairs[d.prompt][0])[: settings.max_detections]
     segmenter = service.segmenter_for(project_id)
     regions = []
