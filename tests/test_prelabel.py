@@ -112,6 +112,14 @@ def test_omdet_turbo_in_a_fresh_process_uses_real_timm_without_torchvision_or_sa
         assert "requirements-no-deps.txt" in done.stdout, done.stdout
 
 
+def test_a_folder_of_another_kind_of_model_is_one_clear_detector_error(tiny_families):
+    from backend.core.errors import ModelUnavailableError
+
+    with pytest.raises(ModelUnavailableError, match="model type 'sam2' is not a text-grounded detector") as error:
+        get_detector(str(tiny_families["sam2"]))
+    assert "DETECTOR_MODEL" in str(error.value) and "omdet-turbo" in str(error.value)
+
+
 def test_aliases_and_caption_become_prompts():
     settings = Settings(category_aliases='{"Disk": ["round plate", "coin"]}', prompt_field="caption")
     pairs = category_prompts(CONFIG, settings, {"data": {"caption": "a red disk, something else"}})
