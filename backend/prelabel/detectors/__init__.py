@@ -27,7 +27,6 @@ def load_auto(path: str) -> tuple[Any, torch.nn.Module]:
 
 @dataclass(frozen=True)
 class Family:
-    name: str
     inputs: Callable[[Any, np.ndarray, list[str]], Mapping]  # (processor, image, prompts) -> model inputs
     boxes: Callable[[Any, Any, Mapping, list[str], float, tuple[int, int]], list[Found]]  # + output, threshold, hw
     load: Callable[[str], tuple[Any, torch.nn.Module]] = load_auto
@@ -38,8 +37,7 @@ _MODULES = ("owlv2", "owl", "grounding_dino", "omdet_turbo")
 
 
 def _family(module: ModuleType) -> Family:
-    return Family(module.__name__.rsplit(".", 1)[1], module.inputs, module.boxes,
-                  getattr(module, "load", load_auto), getattr(module, "accelerate", None))
+    return Family(module.inputs, module.boxes, getattr(module, "load", load_auto), getattr(module, "accelerate", None))
 
 
 def family_for(model_type: str) -> Family:
