@@ -151,8 +151,9 @@ class TransformersSegmenter:
     def _encode(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.encoder_runner is None:
             return self.encode(pixel_values)
-        outputs = self.encoder_runner(pixel_values)
-        return dict(zip(self.encoder_outputs, outputs if isinstance(outputs, tuple) else (outputs,), strict=True))
+        from backend.segmentation.encoder_runtime import as_tuple
+
+        return dict(zip(self.encoder_outputs, as_tuple(self.encoder_runner(pixel_values)), strict=True))
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:

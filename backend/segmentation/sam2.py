@@ -30,8 +30,8 @@ def imagenet_normalized(pixels: np.ndarray) -> np.ndarray:
 class Sam2Segmenter(TransformersSegmenter):
     family = "sam2"
     encoder_outputs = ("features", "high_res_s0", "high_res_s1")
-    # Hiera tiny on ONNX Runtime: 0.83x eager when its constant folding can be used, 1.04x when the export needs
-    # it off (which varies between exports; encoder_runtime.py checks): not worth a second copy of the weights
+    # Hiera tiny on ONNX Runtime (constant folding off, see encoder_runtime.py): 1.04x eager, not worth a second
+    # copy of the weights
     auto_runtime = "torch"
 
     @property
