@@ -18,6 +18,7 @@ class HostileServer:
         self.requests: list[dict] = []
         self.files: dict[str, bytes] = {}
         self.redirects: dict[str, str] = {}
+        self.delays: dict[str, float] = {}  # path -> seconds to wait before answering (a slow storage)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -25,6 +26,7 @@ class HostileServer:
 
             def do_GET(self):  # noqa: N802
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+                time.sleep(server.delays.get(self.path, 0.0))
                 try:
                     server.answer(self)
                 except (BrokenPipeError, ConnectionResetError):

@@ -210,6 +210,7 @@ def test_the_next_tasks_image_downloads_while_this_task_is_computed(configure, m
     image, _ = two_disks()
     server = HostileServer(encode_image(image))
     server.files = {"/a.png": encode_image(image), "/b.png": encode_image(image[::-1].copy())}
+    server.delays["/b.png"] = 0.5  # still downloading when task 2's turn comes: that turn waits for it
     configure(SAM_ENGINE="grabcut", IMAGE_URL_HOSTS=f"127.0.0.1:{server.port}", PRELABEL_MODE="categories")
     seen_while_computing = []
 

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from backend.core.errors import ImageError, InputError
 from backend.core.files import BoundedFolder
 from backend.core.settings import Settings
+from backend.core.single_flight import SingleFlight
 from backend.io.download import Download, UrlRefusedError, short_url
 
 logger = logging.getLogger(__name__)
@@ -165,26 +166,35 @@ def _label_studio_sources(url: str, task_id: int | None, settings: Settings) -> 
     return [_label_studio_url(path, settings, shown)]
 
 
+_DOWNLOADS = SingleFlight()  # one download per URL in flight in a process: a prefetch and the task's turn share it
+
+
 def _fetch(url: str, task_id: int | None, settings: Settings) -> TaskImage:
+    """The image at an http(s) or Label Studio storage URL: from the image cache, else downloaded once (a read
+    of a URL that is being downloaded in this process gets that download's bytes or its error)."""
     cache = image_cache(settings.image_cache_dir, settings.image_cache_mb)
     key = url
-    data = cache.read(key)
-    if data:
-        return TaskImage(data=data, source=short_url(url), cache=cache, cache_key=key)
+
+    def download() -> bytes:
+        data = cache.read(key) or _download(url, task_id, settings)  # cached by a run that just ended
+        if data:
+            cache.write(key, data)
+        return data
+
+    data = cache.read(key) or _DOWNLOADS.run(key, download)
+    return TaskImage(data=data, source=short_url(url), cache=cache, cache_key=key)
+
+
+def _download(url: str, task_id: int | None, settings: Settings) -> bytes:
     sources = [url] if url.startswith(("http://", "https://")) else _label_studio_sources(url, task_id, settings)
     download = Download(settings)
     first_error: ImageError | None = None
     for source in sources:
         try:
-            data = download.fetch(source)
-            break
+            return download.fetch(source)
         except ImageError as exc:  # the first source's error says most (e.g. 401 from the storage proxy)
             first_error = first_error or exc
-    else:
-        raise first_error
-    if data:
-        cache.write(key, data)
-    return TaskImage(data=data, source=short_url(url), cache=cache, cache_key=key)
+    raise first_error
 
 
 def _local_storage_path(url: str) -> str:

@@ -14,6 +14,7 @@ from backend.core.errors import BackendError, InputError
 from backend.core.label_config import LabelConfig
 from backend.core.model_cache import ModelCache
 from backend.core.settings import Settings
+from backend.core.single_flight import SingleFlight
 from backend.core.versions import ModelVersions, model_version
 from backend.io.download import short_url
 from backend.io.images import TaskImage, read_task_image
@@ -64,8 +65,8 @@ class SegmentationService:
         self.engine = SegmenterHolder(settings)
         self.cache = cache if cache is not None else make_cache(settings)
         self.counters = Counters()
-        self._inflight: dict[str, threading.Lock] = {}
-        self._inflight_lock = threading.Lock()
+        self._encoding = SingleFlight()  # one encoding per image in flight
+        self._concepts_lock = threading.Lock()
         self._tuned: ModelCache[Segmenter] = ModelCache(self._load_tuned, keep=8)
         self._concepts: SegmentationService | None = None
 
@@ -85,7 +86,7 @@ class SegmentationService:
         else a SAM 3 of SAM3_CHECKPOINT beside it, sharing the embedding cache (keys carry the fingerprint)."""
         if self.engine.spec().can(CONCEPTS):
             return self
-        with self._inflight_lock:
+        with self._concepts_lock:
             if self._concepts is None:
                 settings = replace(self.settings, sam_engine="sam3", sam_checkpoint=self.settings.sam3_checkpoint)
                 self._concepts = SegmentationService(settings, self.cache)
@@ -98,25 +99,22 @@ class SegmentationService:
         return self.engine.get().with_decoder(versions.load_weights(versions.get(name)), name)
 
     def embedding(self, image: TaskImage) -> Embedding:
-        """The image's embedding: from the cache, else encoded once (concurrent requests wait for it)."""
+        """The image's embedding: from the cache, else encoded once (concurrent requests get that encoding)."""
         segmenter = self.engine.get()
         key = cache_key(segmenter.fingerprint, image.key)
-        embedding = self.cache.get(key)
-        if embedding is not None:
-            return embedding
-        with self._inflight_lock:
-            lock = self._inflight.setdefault(key, threading.Lock())
-        with lock:
-            embedding = self.cache.get(key)
+
+        def encode() -> Embedding:
+            embedding = self.cache.get(key)  # put by a run that just ended
             if embedding is None:
                 pixels = image.pixels(self.settings)
                 started = time.perf_counter()
                 embedding = segmenter.embed(pixels)
                 self.counters.add("encoder_runs", time.perf_counter() - started)
                 self.cache.put(key, embedding)
-        with self._inflight_lock:
-            self._inflight.pop(key, None)
-        return embedding
+            return embedding
+
+        embedding = self.cache.get(key)
+        return embedding if embedding is not None else self._encoding.run(key, encode)
 
     def segment(self, image: TaskImage, prompt: ContextPrompt | Prompt,
                 segmenter: Segmenter | None = None) -> MaskResult:
