@@ -84,48 +84,19 @@ def transformers_checkpoint(family: str, size: str, folder: Path) -> Path:
 
 
 def region_mask_checkpoint(engine: str, folder: Path, image_path: Path) -> Path:
-    """The random checkpoint with two changes that make its masks regions instead of pixel noise, at the
-    same compute: each transposed-convolution kernel of the mask upscaler has its four taps tied to one
-    random value (untied random taps paint a 4-px checkerboard), and the hypernetwork output biases are
-    shifted so that a click's mask logits centre on zero over `image_path` (else nearly all on).
-
-    Fully random weights decode to ~100k runs per megapixel, where a real object mask has a few hundred;
-    label-studio-sdk's RLE encoder walks runs in Python, so only masks with a realistic run count give a
-    realistic end-to-end click time. These masks have hundreds to a few thousand runs.
-    """
-    from backend.segmentation import compat
+    """The random checkpoint with its masks made regions instead of pixel noise over `image_path`, at the same
+    compute (tests.helpers.make_region_masks): label-studio-sdk's RLE encoder walks runs in Python, so only
+    masks with a realistic run count (hundreds to a few thousand here) give a realistic end-to-end click time."""
     from backend.segmentation.registry import build_sam
+    from tests.helpers import make_region_masks
 
     path = folder / f"regions_{engine}.pth"
     if path.exists():
         return path
-    state = torch.load(random_checkpoint(engine, folder), map_location="cpu")
-    for name in ("mask_decoder.output_upscaling.0.weight", "mask_decoder.output_upscaling.3.weight"):
-        state[name] = state[name][:, :, :1, :1].expand_as(state[name]).clone()
     sam = build_sam(engine)
-    sam.load_state_dict(state)
-    compat.install()
-    from segment_anything import SamPredictor
-
-    decoder = sam.mask_decoder
-    upscaled, hypers = [], []
-    decoder.output_upscaling.register_forward_hook(lambda m, i, out: upscaled.append(out.mean(dim=(0, 2, 3))))
-    for mlp in decoder.output_hypernetworks_mlps:
-        mlp.register_forward_hook(lambda m, i, out: hypers.append(out.reshape(-1, out.shape[-1])))
-    predictor = SamPredictor(sam.eval())
-    image = np.asarray(Image.open(image_path).convert("RGB"))
-    predictor.set_image(image)
-    rng = np.random.default_rng(0)
-    with torch.inference_mode():
-        for _ in range(8):
-            point = rng.uniform(0.1, 0.9, 2) * (image.shape[1], image.shape[0])
-            predictor.predict(point_coords=point[None], point_labels=np.array([1]))
-    mean_features = torch.stack(upscaled).mean(0)
-    shift = float((torch.cat(hypers) @ mean_features).mean() / (mean_features @ mean_features))
-    for index in range(len(decoder.output_hypernetworks_mlps)):
-        name = f"mask_decoder.output_hypernetworks_mlps.{index}.layers.2.bias"
-        state[name] = state[name] - shift * mean_features
-    torch.save(state, path)
+    sam.load_state_dict(torch.load(random_checkpoint(engine, folder), map_location="cpu"))
+    make_region_masks(sam, np.asarray(Image.open(image_path).convert("RGB")))
+    torch.save(sam.state_dict(), path)
     return path
 
 

@@ -51,7 +51,7 @@ class Settings:
     embedding_disk_mb: int = 4096  # without Redis: embeddings also kept on disk (shared by workers, kept on restart)
     embedding_disk_dir: str = ""  # default: MODEL_DIR/embeddings
     embedding_float16: bool = True  # keep SAM embeddings as float16: half the cache memory and Redis traffic
-    encoder_runtime: str = "auto"  # SAM / MobileSAM image encoder: auto (ONNX Runtime if usable) | onnx | torch
+    encoder_runtime: str = "auto"  # image encoders: auto (fastest usable here) | openvino | onnx | torch
     label_studio_url: str = ""  # for uploaded / local-storage / cloud images
     label_studio_api_key: str = ""
     image_cache_dir: str = "data/images"  # downloaded task images
@@ -154,7 +154,7 @@ class Settings:
                 problems.append(f"{name.upper()} must not be negative, got {getattr(self, name)}")
         for name, allowed in (("prelabel_mode", ("categories", "everything", "off")),
                               ("prelabel_detector", ("boxes", "sam3")),
-                              ("encoder_runtime", ("torch", "onnx", "auto")),
+                              ("encoder_runtime", ("torch", "onnx", "openvino", "auto")),  # encoder_runtime.RUNTIMES
                               ("synthesis_engine", ("kandinsky", "sd2"))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name.upper()}={getattr(self, name)!r} is not one of {', '.join(allowed)}")

@@ -1,16 +1,15 @@
-"""Image encoders' runtime (ENCODER_RUNTIME): eager PyTorch, or ONNX Runtime on an exported graph. Used by SAM /
-MobileSAM's image encoder and by OWLv2's vision tower (prelabel/detector.py).
+"""Image encoders' runtime (ENCODER_RUNTIME): eager PyTorch, or an exported graph run by ONNX Runtime or
+OpenVINO (graph_runtimes/). Used by SAM / MobileSAM's image encoder, SAM-HQ / SAM 2.1's vision encoder and
+OWLv2's vision tower (prelabel/detectors/owl.py).
 
-On this 2-core CPU, ONNX Runtime's graph optimisations run MobileSAM's encoder about twice as fast as
-eager PyTorch with the same features (cosine 1.0, bench `encoder_runtime`). The graph is exported once
-per checkpoint into MODEL_DIR/onnx/<engine fingerprint>.onnx (atomically), next to a sidecar that says
-what it was exported from; a file that is missing, unreadable or made from other weights or by another
-torch / onnxruntime is rebuilt, never used. ONNX Runtime runs every graph with its constant-folding pass off:
-on SAM 2.1's Hiera encoder that pass gave NaNs or wrong features in some sessions and not in others (the
-exporter folds constants already; MobileSAM is as fast without it). A fresh export is checked against eager
-PyTorch on one random input before it is used (every output finite, cosine >= 0.9999); one that differs is not
-used. `auto` takes ONNX Runtime when it can and falls back to eager with the reason logged; `onnx` fails with a
-clear error instead.
+The graph is exported once per checkpoint into MODEL_DIR/onnx/<engine fingerprint>.onnx (atomically), next to
+a sidecar that says what it was exported from and which runtimes (at which version and precision) have checked
+it; a file that is missing, unreadable or made from other weights or by another torch is exported again, never
+used. A graph is checked against eager PyTorch on one random input before a runtime first uses it (every output
+finite, cosine at least the runtime's bar: 0.9999 for ONNX Runtime's float32, 0.999 for OpenVINO, which
+computes in bfloat16 where the CPU can); one that differs is not used. `auto` tries the family's runtimes in
+order (fastest measured first, bench encoder_runtime) and falls back to eager with the reason logged; a named
+runtime fails with a clear error instead.
 """
 
 from __future__ import annotations
@@ -27,9 +26,11 @@ import torch
 
 from backend.core.errors import ModelUnavailableError
 from backend.core.files import write_atomic
+from backend.segmentation.graph_runtimes import GRAPH_RUNTIMES, GraphRuntime, Run
 
 logger = logging.getLogger(__name__)
-RUNTIMES = ("torch", "onnx", "auto")
+RUNTIMES = ("torch", *GRAPH_RUNTIMES, "auto")
+AUTO = ("openvino", "onnx")  # what ENCODER_RUNTIME=auto tries for SAM and MobileSAM, in order
 
 
 @dataclass(frozen=True)
@@ -43,40 +44,28 @@ class ExportShape:
 SAM_ENCODER = ExportShape()
 
 
-class OnnxEncoder:
-    """Calls an exported image encoder through ONNX Runtime; takes and returns torch tensors (a tuple when the
+class GraphEncoder:
+    """Calls an exported image encoder through a graph runtime; takes and returns torch tensors (a tuple when the
     encoder has several outputs)."""
 
-    def __init__(self, session, path: Path):
-        self.session = session
+    def __init__(self, run: Run, path: Path, runtime: str):
+        self.run = run
         self.path = path
-        self.input_name = session.get_inputs()[0].name
+        self.runtime = runtime
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         array = np.ascontiguousarray(pixels.detach().cpu().numpy(), np.float32)
-        outputs = tuple(torch.from_numpy(o) for o in self.session.run(None, {self.input_name: array}))
+        outputs = tuple(torch.from_numpy(o) for o in self.run(array))
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-def _stamp(fingerprint: str, shape: ExportShape) -> dict:
-    import onnxruntime
-
-    return {"fingerprint": fingerprint, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "input": list(shape.input), **({"outputs": list(shape.outputs)} if shape != SAM_ENCODER else {})}
+class ExportMismatchError(RuntimeError):
+    """A runtime's outputs on an export differ from eager PyTorch's."""
 
 
-DISABLED_OPTIMIZERS = ("ConstantFolding",)  # not deterministic on SAM 2.1's encoder (see above)
-MIN_COSINE = 0.9999  # a fresh export's outputs against eager PyTorch's, on one random input
-
-
-def _session(path: Path):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = torch.get_num_threads()
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                        disabled_optimizers=list(DISABLED_OPTIMIZERS))
+def _export_stamp(fingerprint: str, shape: ExportShape) -> dict:
+    return {"fingerprint": fingerprint, "torch": torch.__version__, "input": list(shape.input),
+            **({"outputs": list(shape.outputs)} if shape != SAM_ENCODER else {})}
 
 
 def _export(encoder: torch.nn.Module, path: Path, shape: ExportShape) -> None:
@@ -108,60 +97,84 @@ def _worst_cosine(expected: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, .
     return worst
 
 
-def _checked(encoder: torch.nn.Module, runner: OnnxEncoder, shape: ExportShape) -> OnnxEncoder:
-    """`runner` if it gives eager PyTorch's outputs on a random input; an export that differs is refused."""
+def _check(encoder: torch.nn.Module, runner: GraphEncoder, shape: ExportShape, runtime: GraphRuntime) -> None:
+    """Raise ExportMismatchError unless `runner` gives eager PyTorch's outputs on a random input."""
     pixels = torch.randn(shape.input, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = as_tuple(encoder(pixels))
     cosine = _worst_cosine(expected, as_tuple(runner(pixels)))
-    if cosine < MIN_COSINE:
-        raise RuntimeError(f"the ONNX export of {runner.path.name} does not reproduce eager PyTorch (output cosine "
-                           f"{cosine:.4f} against {MIN_COSINE})")
-    return runner
+    if cosine < runtime.min_cosine:
+        raise ExportMismatchError(f"the ONNX export of {runner.path.name} on {runtime.name} does not reproduce eager "
+                             f"PyTorch (output cosine {cosine:.4f} against {runtime.min_cosine})")
 
 
-def onnx_encoder(encoder: torch.nn.Module, fingerprint: str, folder: Path,
-                 shape: ExportShape = SAM_ENCODER) -> OnnxEncoder:
-    """The encoder's ONNX Runtime session, exporting it first unless a matching export is there."""
-    stamp = _stamp(fingerprint, shape)
+def _read_stamp(sidecar: Path) -> dict:
+    try:
+        stamp = json.loads(sidecar.read_text())
+        return stamp if isinstance(stamp, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def graph_encoder(encoder: torch.nn.Module, fingerprint: str, folder: Path, runtime: GraphRuntime,
+                  shape: ExportShape = SAM_ENCODER) -> GraphEncoder:
+    """The encoder run by `runtime`, exporting it first unless a matching export is there, and checking it
+    against eager PyTorch first unless this runtime (version, precision) has checked this export before."""
+    version = runtime.version()
     path = folder / f"{fingerprint}.onnx"
     sidecar = path.with_suffix(".json")
-    try:
-        current = json.loads(sidecar.read_text()) == stamp and path.is_file()
-    except (OSError, ValueError):
-        current = False
-    if current:
+    export = _export_stamp(fingerprint, shape)
+    stamp = _read_stamp(sidecar)
+    checked = stamp.get("checked") if stamp.get("export") == export and path.is_file() else None
+    runner = None
+    if isinstance(checked, dict):
         try:
-            return OnnxEncoder(_session(path), path)
-        except Exception as exc:  # a damaged file: rebuilt below
+            runner = GraphEncoder(runtime.load(path, torch.get_num_threads()), path, runtime.name)
+        except Exception as exc:  # a damaged file: exported again below
             logger.warning("the ONNX export %s cannot be loaded (%s): exporting it again", path.name, exc)
-    logger.info("exporting the image encoder to ONNX (%s), once per checkpoint", path.name)
+        if runner is not None and checked.get(runtime.name) == version:
+            return runner
     encoder = encoder.cpu().eval()
-    sidecar.unlink(missing_ok=True)  # the graph changes first: no sidecar may vouch for it meanwhile
-    _export(encoder, path, shape)
-    runner = _checked(encoder, OnnxEncoder(_session(path), path), shape)
-    write_atomic(sidecar, json.dumps(stamp).encode())
+    if runner is None:
+        logger.info("exporting the image encoder to ONNX (%s), once per checkpoint", path.name)
+        sidecar.unlink(missing_ok=True)  # the graph changes first: no sidecar may vouch for it meanwhile
+        _export(encoder, path, shape)
+        runner, checked = GraphEncoder(runtime.load(path, torch.get_num_threads()), path, runtime.name), {}
+    _check(encoder, runner, shape, runtime)
+    write_atomic(sidecar, json.dumps({"export": export, "checked": {**checked, runtime.name: version}}).encode())
     return runner
+
+
+def _usable(runtime: str, device: torch.device) -> GraphRuntime:
+    graph_runtime = GRAPH_RUNTIMES[runtime]
+    if device.type != "cpu":
+        raise RuntimeError(f"{runtime} runs on the CPU and the model is on {device}")
+    try:
+        graph_runtime.version()
+    except ImportError as exc:
+        raise RuntimeError(f"{graph_runtime.package} is not installed ({exc}); pip install "
+                           f"{graph_runtime.package} onnx") from exc
+    return graph_runtime
 
 
 def choose_encoder(encoder: torch.nn.Module, fingerprint: str, runtime: str, folder: Path,
-                   device: torch.device, shape: ExportShape = SAM_ENCODER):
-    """The callable that runs the image encoder for ENCODER_RUNTIME=`runtime` (torch | onnx | auto)."""
+                   device: torch.device, shape: ExportShape = SAM_ENCODER, auto: tuple[str, ...] = AUTO):
+    """The callable that runs the image encoder for ENCODER_RUNTIME=`runtime`: `encoder` itself (torch), or a
+    GraphEncoder; `auto` tries the runtimes of `auto` in order, then eager PyTorch."""
     if runtime not in RUNTIMES:
         raise ModelUnavailableError(f"ENCODER_RUNTIME={runtime!r} is not one of {', '.join(RUNTIMES)}",
                                     "ENCODER_RUNTIME")
     if runtime == "torch":
         return encoder
-    try:
-        if device.type != "cpu":
-            raise RuntimeError(f"the ONNX path runs on the CPU and the model is on {device}")
+    reasons = []
+    for name in auto if runtime == "auto" else (runtime,):
         try:
-            import onnxruntime  # noqa: F401
-        except ImportError as exc:
-            raise RuntimeError(f"onnxruntime is not installed ({exc}); pip install onnxruntime onnx") from exc
-        return onnx_encoder(encoder, fingerprint, folder, shape)
-    except Exception as exc:
-        if runtime == "onnx":
-            raise ModelUnavailableError(f"ENCODER_RUNTIME=onnx cannot be used: {exc}", "ENCODER_RUNTIME")
-        logger.warning("ENCODER_RUNTIME=auto: using eager PyTorch for the image encoder (%s)", exc)
-        return encoder
+            return graph_encoder(encoder, fingerprint, folder, _usable(name, device), shape)
+        except Exception as exc:
+            if runtime != "auto":
+                raise ModelUnavailableError(f"ENCODER_RUNTIME={runtime} cannot be used: {exc}", "ENCODER_RUNTIME")
+            logger.info("ENCODER_RUNTIME=auto: %s not used for the image encoder (%s)", name, exc)
+            reasons.append(f"{name}: {exc}")
+    if reasons:
+        logger.warning("ENCODER_RUNTIME=auto: using eager PyTorch for the image encoder (%s)", "; ".join(reasons))
+    return encoder

@@ -78,7 +78,7 @@ class TransformersSegmenter:
 
     family = ""
     encoder_outputs: tuple[str, ...] = ()  # what `encode` returns, in order: set by families whose encoder exports
-    auto_runtime = "onnx"  # what ENCODER_RUNTIME=auto means for this family (bench encoder_runtime)
+    auto_runtimes: tuple[str, ...] = ("openvino", "onnx")  # what ENCODER_RUNTIME=auto tries (bench encoder_runtime)
     mask_threshold = 0.0
     tensors_kept = 4  # images whose decoder inputs stay converted (clicks come in bursts on one image)
 
@@ -94,7 +94,7 @@ class TransformersSegmenter:
         with torch.inference_mode():
             self.image_pe = model.get_image_wide_positional_embeddings().to(device)
         self._tensors: PerImageMemo[dict[str, torch.Tensor]] = PerImageMemo(self.tensors_kept)
-        self.encoder_runner = None  # an ONNX Runtime session of `encode` (use_encoder_runtime)
+        self.encoder_runner = None  # a graph runtime's run of `encode` (use_encoder_runtime)
         self.runtime = "torch"
 
     # ------------------------------------------------------------ per family
@@ -136,16 +136,17 @@ class TransformersSegmenter:
 
     def use_encoder_runtime(self, runtime: str, folder: Path) -> str:
         """ENCODER_RUNTIME for the vision encoder: `encode` exported once as one graph of `encoder_outputs` into
-        `folder` and run by ONNX Runtime (same rules and fallback as SAM's encoder). Returns the runtime in use."""
+        `folder` and run by a graph runtime (same rules and fallback as SAM's encoder). Returns the runtime in use."""
         from backend.segmentation.encoder_runtime import ExportShape, choose_encoder
 
-        if not self.encoder_outputs or (runtime == "auto" and self.auto_runtime == "torch"):
+        if not self.encoder_outputs or (runtime == "auto" and not self.auto_runtimes):
             return self.runtime
         pixels, _ = self.preprocess(np.zeros((8, 8, 3), np.uint8))
         shape = ExportShape(tuple(pixels.shape), self.encoder_outputs)
-        runner = choose_encoder(_EncodeGraph(self), self.fingerprint, runtime, folder, self.device, shape)
+        runner = choose_encoder(_EncodeGraph(self), self.fingerprint, runtime, folder, self.device, shape,
+                                self.auto_runtimes)
         if not isinstance(runner, torch.nn.Module):
-            self.encoder_runner, self.runtime = runner, "onnx"
+            self.encoder_runner, self.runtime = runner, runner.runtime
         return self.runtime
 
     def _encode(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:

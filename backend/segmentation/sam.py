@@ -59,7 +59,7 @@ class SamSegmenter:
         self.version: str | None = None  # a fine-tuned decoder's version name
         self.transform = ResizeLongestSide(model.image_encoder.img_size)
         self.fingerprint = fingerprint or f"{name}-{weights_fingerprint(model.image_encoder)}"
-        self.encoder = model.image_encoder  # or an ONNX Runtime session (encoder_runtime.py)
+        self.encoder = model.image_encoder  # or a graph runtime's GraphEncoder (encoder_runtime.py)
         with torch.inference_mode():
             self.fast = FastMaskDecoder(self.model)
         self._contexts: PerImageMemo[ImageContext] = PerImageMemo(self.contexts_kept)

@@ -32,7 +32,7 @@ class Sam2Segmenter(TransformersSegmenter):
     encoder_outputs = ("features", "high_res_s0", "high_res_s1")
     # Hiera tiny on ONNX Runtime (constant folding off, see encoder_runtime.py): 1.04x eager, not worth a second
     # copy of the weights
-    auto_runtime = "torch"
+    auto_runtimes = ()
 
     @property
     def side(self) -> int:

@@ -32,9 +32,13 @@ class _VisionOutputs(torch.nn.Module):
         return output.last_hidden_state, output.pooler_output
 
 
+AUTO_RUNTIMES = ("onnx",)
+
+
 def accelerate(model, runtime: str, folder: Path, device) -> str:
     """Run the vision tower (almost all of a detection's cost) through ENCODER_RUNTIME; the text tower and the box /
-    class heads stay in PyTorch. Returns the runtime in use ("onnx" or "torch")."""
+    class heads stay in PyTorch. `auto` means ONNX Runtime (float32: the detections equal eager's). Returns the
+    runtime in use."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     from backend.segmentation.encoder_runtime import ExportShape, choose_encoder
@@ -44,7 +48,7 @@ def accelerate(model, runtime: str, folder: Path, device) -> str:
     size = int(model.config.vision_config.image_size)
     shape = ExportShape((1, 3, size, size), ("last_hidden_state", "pooler_output"))
     fingerprint = f"{model.config.model_type}-vision-{weights_fingerprint(vision)}"
-    runner = choose_encoder(_VisionOutputs(vision), fingerprint, runtime, folder, device, shape)
+    runner = choose_encoder(_VisionOutputs(vision), fingerprint, runtime, folder, device, shape, AUTO_RUNTIMES)
     if isinstance(runner, torch.nn.Module):
         return "torch"
     eager = vision.forward
@@ -60,4 +64,4 @@ def accelerate(model, runtime: str, folder: Path, device) -> str:
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
     vision.forward = forward
-    return "onnx"
+    return runner.runtime
