@@ -96,8 +96,9 @@ def test_a_save_pretrained_folder_loads_with_every_weight(family, tiny_families)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_decode_of_a_cached_embedding_equals_the_transformers_forward(family, tiny_families):
     """Points (three candidates), box with clicks (one mask) and a refining mask prompt: our decode of the
-    cached float32 embedding gives the logits and scores of the model's own forward on the pixels."""
-    segmenter = load_segmenter(settings_for(family, tiny_families[family], embedding_float16=False))
+    cached float32 embedding (eager encoder) gives the logits and scores of the model's own forward on the pixels."""
+    segmenter = load_segmenter(settings_for(family, tiny_families[family], embedding_float16=False,
+                                            encoder_runtime="torch"))
     image, _ = disk_image(300, 200)
     embedding = segmenter.embed(image)
     pixel_values, _ = segmenter.preprocess(image)
@@ -153,17 +154,23 @@ def test_float16_embeddings_give_the_float32_masks(family, tiny_families):
         assert iou(half.decode(embedding16, prompt).mask, full.decode(embedding32, prompt).mask) >= 0.99
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_onnx_encoder_of_each_family_gives_the_eager_arrays_and_masks(family, tiny_families, tmp_path,
-                                                                        monkeypatch):
-    """ENCODER_RUNTIME=onnx for SAM 2.1 / SAM-HQ: every array the decoder reads (features, high-res maps, early
-    ViT features) with cosine >= 0.999, masks IoU >= 0.99 on 40 clicks over 4 images, and the eager encoder
-    not called; `auto` means ONNX Runtime for SAM-HQ and eager for SAM 2.1 (bench encoder_runtime)."""
+def test_the_graph_encoders_of_each_family_give_the_eager_arrays_and_masks(family, runtime, tiny_families, tmp_path,
+                                                                           monkeypatch):
+    """ENCODER_RUNTIME=onnx / openvino (float32: see test_encoder_runtime) for SAM 2.1 / SAM-HQ: every array the
+    decoder reads (features, high-res maps, early ViT features) with cosine >= 0.999, masks IoU >= 0.99 on 40
+    clicks over 4 images, and the eager encoder not called; `auto` means OpenVINO for SAM-HQ and eager for SAM
+    2.1 (bench encoder_runtime: OpenVINO's bfloat16 changed SAM 2.1's masks, ONNX Runtime was no faster)."""
+    from backend.segmentation.graph_runtimes import openvino_runtime
+
+    monkeypatch.setattr(openvino_runtime, "PRECISION", "f32")
     config = {"embedding_float16": False, "model_dir": str(tmp_path)}
     eager = load_segmenter(settings_for(family, tiny_families[family], encoder_runtime="torch", **config))
-    fast = load_segmenter(settings_for(family, tiny_families[family], encoder_runtime="onnx", **config))
+    fast = load_segmenter(settings_for(family, tiny_families[family], encoder_runtime=runtime, **config))
     auto = load_segmenter(settings_for(family, tiny_families[family], encoder_runtime="auto", **config))
-    assert (eager.runtime, fast.runtime, auto.runtime) == ("torch", "onnx", "onnx" if family == "sam_hq" else "torch")
+    assert (eager.runtime, fast.runtime) == ("torch", runtime)
+    assert auto.runtime == ("openvino" if family == "sam_hq" else "torch")
     monkeypatch.setattr(type(fast), "encode", lambda *a: pytest.fail("the eager encoder ran"))
     rng = np.random.default_rng(0)
     ious = []

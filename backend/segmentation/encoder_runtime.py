@@ -30,7 +30,6 @@ from backend.segmentation.graph_runtimes import GRAPH_RUNTIMES, GraphRuntime, Ru
 
 logger = logging.getLogger(__name__)
 RUNTIMES = ("torch", *GRAPH_RUNTIMES, "auto")
-AUTO = ("openvino", "onnx")  # what ENCODER_RUNTIME=auto tries for SAM and MobileSAM, in order
 
 
 @dataclass(frozen=True)
@@ -158,7 +157,7 @@ def _usable(runtime: str, device: torch.device) -> GraphRuntime:
 
 
 def choose_encoder(encoder: torch.nn.Module, fingerprint: str, runtime: str, folder: Path,
-                   device: torch.device, shape: ExportShape = SAM_ENCODER, auto: tuple[str, ...] = AUTO):
+                   device: torch.device, shape: ExportShape = SAM_ENCODER, auto: tuple[str, ...] = ("onnx",)):
     """The callable that runs the image encoder for ENCODER_RUNTIME=`runtime`: `encoder` itself (torch), or a
     GraphEncoder; `auto` tries the runtimes of `auto` in order, then eager PyTorch."""
     if runtime not in RUNTIMES:

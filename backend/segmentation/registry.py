@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -37,6 +38,8 @@ OFFICIAL_MD5 = {  # the full MD5 of the official SAM files (their names carry it
 class ViTArch:
     """SAM's ViT image encoder sizes (segment_anything.build_sam)."""
 
+    # ENCODER_RUNTIME=auto (bench encoder_runtime): OpenVINO's bfloat16 moved ViT-B's click masks below IoU 0.99
+    auto_runtimes: ClassVar[tuple[str, ...]] = ("onnx",)
     encoder_embed_dim: int
     encoder_depth: int
     encoder_num_heads: int
@@ -54,6 +57,8 @@ class ViTArch:
 @dataclass(frozen=True)
 class TinyViTArch:
     """MobileSAM's TinyViT image encoder sizes (mobile_sam.build_sam.build_sam_vit_t)."""
+
+    auto_runtimes: ClassVar[tuple[str, ...]] = ("openvino", "onnx")  # OpenVINO: 0.22x eager, masks kept
 
     embed_dims: tuple[int, ...] = (64, 128, 160, 320)
     depths: tuple[int, ...] = (2, 2, 6, 2)
@@ -216,7 +221,8 @@ def _load_sam(settings: Settings) -> Segmenter:
     segmenter = SamSegmenter(load_sam(settings), settings.sam_engine, device,
                              float16_features=settings.embedding_float16)
     segmenter.encoder = choose_encoder(segmenter.model.image_encoder, segmenter.fingerprint,
-                                       settings.encoder_runtime, Path(settings.model_dir) / "onnx", device)
+                                       settings.encoder_runtime, Path(settings.model_dir) / "onnx", device,
+                                       auto=SAM_ARCHITECTURES[settings.sam_engine].auto_runtimes)
     return segmenter
 
 
