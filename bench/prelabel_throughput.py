@@ -11,11 +11,13 @@ box head is scaled down so its boxes are the model's prior boxes), so every imag
 that many box->mask decodes.
 
 A second table times one process per route for 1, 5 and 20 labels (seconds per image, peak memory):
-OmDet-Turbo or OWLv2 (+ MobileSAM), OWLv2 with ENCODER_RUNTIME=torch, Grounding DINO tiny (its architecture,
+OmDet-Turbo (+ MobileSAM on the default runtime, and on ONNX Runtime) or OWLv2 (+ MobileSAM), OWLv2 with
+ENCODER_RUNTIME=torch, Grounding DINO tiny (its architecture,
 800 / 1333 px as its card says) and SAM 3 (PRELABEL_DETECTOR=sam3; the facebook/sam3 architecture, 848 M
 parameters), whose backbone runs once per image however many labels are asked. `--only workers|labels` runs one
-table, `--routes omdet owlv2 owlv2-eager gdino sam3` some rows of the second. ENCODER_RUNTIME is the default
-(auto: ONNX Runtime for MobileSAM's encoder and OWLv2's vision tower) except in the `owlv2-eager` rows.
+table, `--routes omdet omdet-onnx owlv2 owlv2-eager gdino sam3` some rows of the second. ENCODER_RUNTIME is the
+default (auto: OpenVINO for MobileSAM's encoder, ONNX Runtime for OWLv2's vision tower) except in the rows that
+name it.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ def save_sam3_random(folder: Path) -> Path:
 
 ROUTES = {  # --routes name: (table name, the settings it changes, made in a temporary folder)
     "omdet": ("OmDet-Turbo swin-tiny @640 + MobileSAM", lambda tmp: {"DETECTOR_MODEL": omdet_turbo_tiny(tmp)}),
+    "omdet-onnx": ("OmDet-Turbo swin-tiny @640 + MobileSAM, ENCODER_RUNTIME=onnx",
+                   lambda tmp: {"DETECTOR_MODEL": omdet_turbo_tiny(tmp), "ENCODER_RUNTIME": "onnx"}),
     "owlv2": ("OWLv2 base/16 @960 + MobileSAM", lambda tmp: {"DETECTOR_MODEL": owlv2_base(tmp)}),
     "owlv2-eager": ("OWLv2 base/16 @960 + MobileSAM, ENCODER_RUNTIME=torch",
                     lambda tmp: {"DETECTOR_MODEL": owlv2_base(tmp), "ENCODER_RUNTIME": "torch"}),
