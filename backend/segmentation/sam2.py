@@ -30,8 +30,8 @@ def imagenet_normalized(pixels: np.ndarray) -> np.ndarray:
 class Sam2Segmenter(TransformersSegmenter):
     family = "sam2"
     encoder_outputs = ("features", "high_res_s0", "high_res_s1")
-    # Hiera tiny on ONNX Runtime (constant folding off, see encoder_runtime.py): 1.04x eager, not worth a second
-    # copy of the weights
+    # bench encoder_runtime: Hiera tiny on ONNX Runtime (constant folding off) is no faster than eager, and
+    # OpenVINO's bfloat16 changed its masks (IoU 0.87): auto keeps it eager
     auto_runtimes = ()
 
     @property
