@@ -133,6 +133,7 @@ def test_a_missing_runtime_is_a_clear_error(runtime, package, tiny_checkpoints, 
     with pytest.raises(ModelUnavailableError, match=f"ENCODER_RUNTIME={runtime} cannot be used: {package} is not"):
         load_segmenter(settings("vit_t", tiny_checkpoints["vit_t"], tmp_path, runtime))
     assert "ENCODER_RUNTIME='tensorrt' is not one of" in Settings(encoder_runtime="tensorrt").problems()[0]
+    assert all(not Settings(encoder_runtime=name).problems() for name in encoder_runtime.RUNTIMES)  # in step
 
 
 def test_auto_without_a_runtime_takes_the_next_then_eager(tiny_checkpoints, tmp_path, monkeypatch, caplog):
@@ -177,6 +178,22 @@ def nan_outputs(run):
     return lambda array: [np.full_like(out, np.nan) for out in run(array)]
 
 
+def wrap_runtimes(monkeypatch, wrap) -> None:
+    """Every graph runtime's run goes through `wrap(run)`."""
+    for name, runtime in list(GRAPH_RUNTIMES.items()):
+        monkeypatch.setitem(GRAPH_RUNTIMES, name, replace(runtime, load=lambda path, threads, load=runtime.load:
+                                                          wrap(load(path, threads))))
+
+
+def test_an_export_whose_outputs_are_scaled_is_refused(tiny_checkpoints, tmp_path, monkeypatch):
+    """Cosine similarity cannot see a scaled output (a wrong normalisation in a graph); the check compares the norms
+    too."""
+    wrap_runtimes(monkeypatch, lambda run: lambda array: [out * 1.01 for out in run(array)])
+    for runtime in GRAPH_RUNTIMES:
+        with pytest.raises(ModelUnavailableError, match="does not reproduce eager PyTorch"):
+            load_segmenter(settings("vit_t", tiny_checkpoints["vit_t"], tmp_path / runtime, runtime))
+
+
 def test_sessions_run_without_constant_folding_and_a_non_finite_export_is_refused(tiny_checkpoints, tmp_path,
                                                                                  monkeypatch, caplog):
     import onnxruntime
@@ -192,9 +209,7 @@ def test_sessions_run_without_constant_folding_and_a_non_finite_export_is_refuse
     load_segmenter(settings("vit_t", tiny_checkpoints["vit_t"], tmp_path / "a", "onnx"))
     assert made and all(disabled == ["ConstantFolding"] for disabled in made)
 
-    for name, runtime in list(GRAPH_RUNTIMES.items()):
-        monkeypatch.setitem(GRAPH_RUNTIMES, name, replace(runtime, load=lambda path, threads, load=runtime.load:
-                                                          nan_outputs(load(path, threads))))
+    wrap_runtimes(monkeypatch, nan_outputs)
     with pytest.raises(ModelUnavailableError, match="does not reproduce eager PyTorch"):
         load_segmenter(settings("vit_t", tiny_checkpoints["vit_t"], tmp_path / "b", "onnx"))
     with caplog.at_level(logging.WARNING):

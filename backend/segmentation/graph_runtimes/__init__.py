@@ -21,7 +21,7 @@ Run = Callable[[np.ndarray], list[np.ndarray]]
 class GraphRuntime:
     name: str  # the ENCODER_RUNTIME value
     package: str  # what to pip install
-    min_cosine: float  # a fresh export's outputs against eager float32 PyTorch's, on one random input
+    min_cosine: float  # a fresh export's agreement (cosine, norm ratio) with eager float32 PyTorch, one random input
     version: Callable[[], str]  # raises ImportError when the package is not installed
     load: Callable[[Path, int], Run]  # (graph file, threads) -> run
 
