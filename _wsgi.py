@@ -8,6 +8,7 @@ import os
 
 from backend.core.errors import SettingsError
 from backend.core.logs import install_log_escaping, redact_paths
+from backend.core.problems import configuration_problems
 from backend.core.settings import check_startup, get_settings
 from backend.segmentation.service import get_segmentation, preload_in_background
 from backend.serving import job_routes
@@ -42,7 +43,8 @@ def _health() -> dict:
     features = {"segmenter": segmenter or "not loaded yet",
                 "detector": redact_paths(_detectors.describe(settings.detector_model, settings.device)),
                 "depth": redact_paths(_estimators.describe(settings.depth_model, settings.device))}
-    return {"engine": engine, "features": features, "cache": get_segmentation().cache.stats(), "worker": os.getpid()}
+    return {"engine": engine, "features": features, "problems": configuration_problems.snapshot(),
+            "cache": get_segmentation().cache.stats(), "worker": os.getpid()}
 
 
 def _metrics() -> dict:

@@ -10,8 +10,8 @@ from backend.core.label_config import parse_label_config
 from backend.core.settings import get_settings
 from backend.core.versions import ModelVersions, model_version, project_model_version
 from backend.learning.annotations import AnnotationStore
+from backend.prelabel.batch import predict_batch
 from backend.prelabel.concepts import predict_concepts
-from backend.prelabel.run import predict_tasks
 from backend.segmentation.concept_prompts import parse_concept_context
 from backend.segmentation.registry import TRAINABLE_DECODER, engine_spec
 from backend.segmentation.service import get_segmentation
@@ -32,7 +32,7 @@ class SamBackend(LabelStudioMLBase):
         if not context or not context.get("result"):  # batch pre-annotation: detect the config's categories
             if get_settings().prelabel_mode == "off":
                 return []
-            return predict_tasks(tasks, config, self.project_id)
+            return predict_batch(tasks, self.label_config, config, self.project_id)
         if len(tasks) != 1:
             raise InputError(f"an interactive request carries exactly one task, got {len(tasks)}", "tasks")
         concept = parse_concept_context(context, config, get_settings().max_prompt_points)

@@ -229,3 +229,41 @@ def test_metrics_in_prometheus_text_format(grabcut_client):
     assert after[("backend_events_total", (("event", "decoder_runs"),))] >= 1
     assert grabcut_client.get("/metrics?format=prometheus").content_type.startswith("text/plain")
     assert "counts" in grabcut_client.get("/metrics").json  # label-studio-ml's JSON stays the default
+
+
+@pytest.mark.parametrize("extra, stored", [
+    ("", {}),  # Label Studio's Connect Model form with the "Any extra params" field left empty
+    ("{}", {}),  # ... with {} typed in it (the form sends the text)
+    ('{"threshold": 0.4}', {"threshold": 0.4}),
+    ({"threshold": 0.4}, {"threshold": 0.4}),  # the API's object
+    (None, {}),
+])
+def test_setup_takes_extra_params_as_the_connect_form_sends_them(grabcut_client, extra, stored):
+    from model import SamBackend
+
+    body = {"project": "5.1700000000", "schema": LABEL_CONFIG, "extra_params": extra}
+    response = grabcut_client.post("/setup", json=body)
+    assert response.status_code == 200, response.json
+    assert SamBackend(project_id="5").extra_params == stored
+
+
+def test_setup_refuses_extra_params_that_are_no_object_and_says_so_in_the_status_line(grabcut_client):
+    response = grabcut_client.post("/setup", json={"project": "5", "schema": LABEL_CONFIG, "extra_params": "[1, 2"})
+    assert response.status_code == 400 and "must be a JSON object" in response.json["error"]
+    # Label Studio shows requests' "400 Client Error: <reason> for url": the reason carries the message
+    assert "extra_params" in response.status and "must be a JSON object" in response.status
+
+
+def test_health_refuses_wrong_credentials_and_label_studio_without_them(configure):
+    """Label Studio's Connect Model form says "authentication parameters ... incorrect" only for a 401 from
+    /health; probes without credentials keep getting the status."""
+    configure(SAM_ENGINE="grabcut", BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="pw")
+    import _wsgi
+
+    client = _wsgi.app.test_client()
+    wrong = {"Authorization": f"Basic {base64.b64encode(b'ls:nope').decode()}"}
+    assert client.get("/health", headers=wrong).status_code == 401
+    assert client.get("/health", headers={"User-Agent": "heartex/1.23.2"}).status_code == 401
+    assert client.get("/health", headers={"User-Agent": "kube-probe/1.31"}).json["status"] == "UP"
+    right = {"Authorization": f"Basic {base64.b64encode(b'ls:pw').decode()}", "User-Agent": "heartex/1.23.2"}
+    assert client.get("/health", headers=right).status_code == 200

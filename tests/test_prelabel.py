@@ -11,6 +11,7 @@ import pytest
 from backend.core.label_config import parse_label_config
 from backend.core.settings import Settings, get_settings
 from backend.io.images import TaskImage
+from backend.prelabel.batch import predict_batch
 from backend.prelabel.detector import Detection, get_detector, non_max_suppression
 from backend.prelabel.run import category_prompts, prelabel_task
 from backend.segmentation.masks import rle_to_mask
@@ -225,7 +226,7 @@ def test_the_next_tasks_image_downloads_while_this_task_is_computed(configure, m
     monkeypatch.setitem(run.ROUTES, "boxes", slow_route)
     try:
         tasks = [{"id": i, "data": {"image": f"{server.url}/{name}"}} for i, name in ((1, "a.png"), (2, "b.png"))]
-        assert run.predict_tasks(tasks, CONFIG) == [[], []]
+        assert predict_batch(tasks, LABEL_CONFIG, CONFIG) == [[], []]
         assert seen_while_computing == [True]
         assert server.paths("/b.png") == ["/b.png"]  # downloaded once: task 2's turn read the cached copy
     finally:

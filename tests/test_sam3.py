@@ -15,8 +15,9 @@ from PIL import Image
 from backend.core.errors import InputError, ModelUnavailableError
 from backend.core.label_config import parse_label_config
 from backend.core.settings import Settings, get_settings
+from backend.prelabel.batch import predict_batch
 from backend.prelabel.detector import box_iou
-from backend.prelabel.run import predict_tasks, prelabel_task
+from backend.prelabel.run import prelabel_task
 from backend.segmentation.concept_prompts import parse_concept_context
 from backend.segmentation.masks import rle_to_mask
 from backend.segmentation.prompts import Prompt
@@ -161,7 +162,7 @@ def test_prelabeling_runs_the_backbone_once_per_image_for_every_label(tiny_sam3,
         config = parse_label_config(CONFIG)
         prediction = prelabel_task(task, config, get_settings(), service)
         assert len(runs) == 1  # 3 labels, 4 phrases with the aliases, 5 with the caption: one backbone pass
-        [again] = predict_tasks([task], config)  # Retrieve Predictions: the cached embedding, no second pass
+        [again] = predict_batch([task], CONFIG, config)  # Retrieve Predictions: the cached embedding, no second pass
         def without_ids(items):
             return [{k: v for k, v in item.items() if k != "id"} for item in items]
 

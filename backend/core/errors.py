@@ -20,6 +20,11 @@ class InputError(BackendError):
     status = 400
 
 
+class ConfigError(InputError):
+    """The project's labeling config or the server's settings cannot serve the request: the same for every task of
+    the project, so it is reported once (log, /health), never as one task's failure."""
+
+
 class ImageError(BackendError):
     """The task's image cannot be read: unreachable, broken, empty."""
 
@@ -30,6 +35,12 @@ class ModelUnavailableError(BackendError):
     """The configured model cannot be loaded (missing checkpoint, wrong file)."""
 
     status = 503
+
+
+def is_configuration_problem(error: BaseException) -> bool:
+    """A failure that is the project's or the server's (a model that cannot load, a config it cannot serve), not
+    one task's."""
+    return isinstance(error, (ConfigError, ModelUnavailableError))
 
 
 class ForbiddenError(BackendError):

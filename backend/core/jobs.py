@@ -29,6 +29,26 @@ from backend.core.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 QUEUE_NAME = "backend"
 KEEP_IN_MEMORY = 1000  # futures of this process's most recent jobs
+ACTIVE = ("queued", "started", "deferred", "scheduled")  # a job in these states has yet to end
+
+
+class OnceByKey:
+    """`enqueue_once`: at most one active job per key (e.g. one pre-labeling job per task), on either queue."""
+
+    def enqueue_once(self, key: str, func_path: str, *args) -> str:
+        """The active job of `key`, else a new job of `func_path(*args)` remembered under `key`."""
+        with self._once_lock:
+            existing = self.active_job(key)
+            if existing:
+                return existing
+            job_id = self.enqueue(func_path, *args)
+            self._remember(key, job_id)
+            return job_id
+
+    def active_job(self, key: str) -> str | None:
+        """The id of `key`'s job while it is queued or running, else None."""
+        job_id = self._recalled(key)
+        return job_id if job_id and self.status(job_id)["status"] in ACTIVE else None
 
 
 def finished(body: dict, result) -> dict:
@@ -46,7 +66,7 @@ def resolve(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-class InProcessQueue:
+class InProcessQueue(OnceByKey):
     """One worker thread (jobs are CPU-heavy; more threads would only slow the clicks). Each job's state is
     also written to `folder` (LRU-bounded), so that any worker process can answer for it."""
 
@@ -56,7 +76,17 @@ class InProcessQueue:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._jobs: OrderedDict[str, tuple[str, Future]] = OrderedDict()
         self._lock = threading.Lock()
+        self._once_lock = threading.Lock()
+        self._keys: OrderedDict[str, str] = OrderedDict()  # enqueue_once's keys -> job ids (bounded)
         self.records = BoundedFolder(folder, max_bytes, ".job") if folder else None
+
+    def _remember(self, key: str, job_id: str) -> None:
+        self._keys[key] = job_id
+        while len(self._keys) > KEEP_IN_MEMORY:
+            self._keys.popitem(last=False)
+
+    def _recalled(self, key: str) -> str | None:
+        return self._keys.get(key)
 
     def _record(self, job_id: str, body: dict) -> None:
         if self.records is not None:
@@ -111,10 +141,11 @@ class InProcessQueue:
         return self._jobs[job_id][1].result(timeout=timeout)
 
 
-class RedisQueue:
+class RedisQueue(OnceByKey):
     """RQ jobs on Redis; `rq worker backend --url REDIS_URL` processes run them on any machine."""
 
     kind = "rq"
+    _once_lock = threading.Lock()  # within a process; across processes the job itself checks before it writes
 
     def __init__(self, url: str, timeout: int, retries: int = 1, heartbeat_timeout: float = 120.0):
         import redis
@@ -125,6 +156,13 @@ class RedisQueue:
         self.timeout = timeout
         self.retries = retries
         self.heartbeat_timeout = heartbeat_timeout
+
+    def _remember(self, key: str, job_id: str) -> None:
+        self.connection.set(f"{QUEUE_NAME}:once:{key}", job_id, ex=self.timeout)
+
+    def _recalled(self, key: str) -> str | None:
+        value = self.connection.get(f"{QUEUE_NAME}:once:{key}")
+        return value.decode() if value else None
 
     def enqueue(self, func_path: str, *args, **kwargs) -> str:
         from rq import Retry

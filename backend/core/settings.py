@@ -68,6 +68,7 @@ class Settings:
     max_annotation_kb: int = 4096  # a larger annotation is not kept for training
     max_project_annotations: int = 20000  # annotations kept for training per project
     polygon_epsilon: float = 1.5  # contour simplification tolerance, in pixels
+    predict_budget: float = 60.0  # seconds a batch /predict computes, the rest go on as jobs (< ML_TIMEOUT_PREDICT)
     prelabel_mode: str = "categories"  # batch predict without clicks: categories (detector) | everything | off
     prelabel_detector: str = "boxes"  # boxes: DETECTOR_MODEL boxes, SAM_ENGINE masks | sam3: SAM 3 concept masks
     sam3_checkpoint: str = ""  # SAM 3 for concepts when SAM_ENGINE is not sam3 (default facebook/sam3)
@@ -146,7 +147,8 @@ class Settings:
             problems.append("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together (only one is set, which would "
                             "leave the server open)")
         for name in ("download_timeout", "max_download_mb", "max_request_mb", "max_prompt_points",
-                     "max_image_pixels", "max_image_memory_mb", "max_annotation_kb", "max_project_annotations"):
+                     "max_image_pixels", "max_image_memory_mb", "max_annotation_kb", "max_project_annotations",
+                     "predict_budget"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
         for name in ("max_redirects", "image_cache_mb", "embedding_disk_mb", "train_every"):

@@ -30,7 +30,7 @@ from backend.core.settings import Settings, get_settings
 from backend.depth.depth_map import DepthMap
 from backend.depth.prompt_depth import get_prompt_estimator, read_prompt_depth
 from backend.io.images import read_task_image
-from backend.io.ls_client import call, make_client, note_task_error, read_task, read_tasks, without_note
+from backend.io.ls_client import call, make_client, note_task, read_task, read_tasks, without_note
 from backend.io.storage import LocalStorage, S3Storage, make_storage
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ class DepthEstimator:
     def estimate(self, image: np.ndarray) -> DepthMap:
         import torch
 
-        inputs = self.processor(images=image, return_tensors="pt").to(self.device)
+        inputs = self.processor(images=image, return_tensors="pt", input_data_format="channels_last")
+        inputs = inputs.to(self.device)
         with self._lock, torch.inference_mode():
             output = self.model(**inputs)
         depth = self.processor.post_process_depth_estimation(output, target_sizes=[image.shape[:2]])
@@ -154,7 +155,7 @@ def run_depth_task(project_id: int, task_id: int, image_key: str = "image", forc
     try:
         fields = depth_for_task(task, settings, image_key, force, storage)
     except BackendError as exc:
-        note_task_error(client, project_id, task_id, "depth", str(exc))
+        note_task(client, project_id, task_id, "depth", str(exc))
         raise
     if fields is None:
         return {"task": task_id, "status": "skipped", "reason": "already has depth"}

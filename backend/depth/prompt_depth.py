@@ -67,7 +67,7 @@ class PromptDepthEstimator:
         import torch
 
         inputs = self.processor(images=image, prompt_depth=prompt_depth, prompt_scale_to_meter=1.0,
-                                return_tensors="pt").to(self.device)
+                                return_tensors="pt", input_data_format="channels_last").to(self.device)
         with self._lock, torch.inference_mode():
             output = self.model(**inputs)
         depth = self.processor.post_process_depth_estimation(output, target_sizes=[image.shape[:2]])

@@ -34,6 +34,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:")
 _LABEL_STUDIO_PREFIXES = ("/data/", "data/upload", "/upload", "upload/", "/storage-data/", *_CLOUD_PREFIXES)
 DECODE_BYTES_PER_PIXEL = 16  # peak seen for PIL decode + RGB conversion + numpy copy (14 B/px at 36 MP)
+MIN_IMAGE_PIXELS = 64  # smaller images have nothing to segment (a 1x1 image gave a mask of score 0, no word)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,14 @@ class TaskImage:
         return hashlib.sha256(self.data).hexdigest()
 
     def pixels(self, settings: Settings) -> np.ndarray:
-        """`decode` within the settings' limits (MAX_IMAGE_PIXELS, MAX_IMAGE_MEMORY_MB)."""
-        return self.decode(settings.max_image_pixels, settings.max_image_memory_mb)
+        """`decode` within the settings' limits (MAX_IMAGE_PIXELS, MAX_IMAGE_MEMORY_MB), for the models: an image too
+        small to segment is refused."""
+        array = self.decode(settings.max_image_pixels, settings.max_image_memory_mb)
+        height, width = array.shape[:2]
+        if height * width < MIN_IMAGE_PIXELS:
+            raise ImageError(f"image is {width}x{height} pixels: too small to segment (fewer than {MIN_IMAGE_PIXELS} "
+                             "pixels)", self.source)
+        return array
 
     def decode(self, max_pixels: int = 200_000_000, max_memory_mb: int = 1024) -> np.ndarray:
         """HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows it); read-only, decoded once

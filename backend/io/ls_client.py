@@ -65,28 +65,37 @@ def read_task(client, project_id: int, task_id: int) -> dict:
     return tasks[0]
 
 
-ERROR_FIELD = "backend_error"  # a task data field: the Data Manager shows it as a column
+ERROR_FIELD = "backend_error"  # task data fields the Data Manager shows as columns: why a feature failed,
+STATUS_FIELD = "backend_status"  # and work queued for the task (cleared when it ends)
+NOTE_FIELDS = (ERROR_FIELD, STATUS_FIELD)
 
 
-def without_note(data: dict, feature: str) -> dict:
-    """Task data without `feature`'s `backend_error` note (a note of another feature stays)."""
-    if str(data.get(ERROR_FIELD, "")).startswith(feature):
-        return {key: value for key, value in data.items() if key != ERROR_FIELD}
+def without_note(data: dict, feature: str, field: str = ERROR_FIELD) -> dict:
+    """Task data without `feature`'s note in `field` (a note of another feature stays)."""
+    if str(data.get(field, "")).startswith(feature):
+        return {key: value for key, value in data.items() if key != field}
     return data
 
 
-def note_task_error(client, project_id: int, task_id: int, feature: str, error: str | None) -> None:
-    """Show why `feature` ("pre-labeling", "depth", "synthesis") failed on a task in its `backend_error` data
-    field, merged into the task's current data; `error` None clears a note of that feature (and only of
-    it). Never raises: the reason is in the log and the job result as well."""
+def has_note(task: object) -> bool:
+    """Whether a task's data carries a backend note (so that a success has something to clear)."""
+    data = task.get("data") if isinstance(task, dict) else None
+    return isinstance(data, dict) and any(field in data for field in NOTE_FIELDS)
+
+
+def note_task(client, project_id: int, task_id: int, feature: str, error: str | None = None,
+              status: str | None = None) -> None:
+    """Show `feature`'s ("pre-labeling", "depth", "synthesis") state on a task, merged into its current data:
+    `error` in `backend_error` ("<feature> failed: ..."), `status` in `backend_status` ("<feature> queued ...");
+    None clears that feature's note (a note of another feature stays). One read, at most one write; never
+    raises: the reason is in the log and the job result as well."""
     try:
         task = read_task(client, project_id, task_id)
-        if error is None:
-            data = without_note(task["data"], feature)
-            if data is task["data"]:
-                return
-        else:
-            data = {**task["data"], ERROR_FIELD: f"{feature} failed: {error}"}
-        call(f"task {task_id}", client.tasks.update, id=task_id, data=data)
+        data = task["data"]
+        for field, text in ((ERROR_FIELD, error and f"{feature} failed: {error}"),
+                            (STATUS_FIELD, status and f"{feature} {status}")):
+            data = {**data, field: text} if text else without_note(data, feature, field)
+        if data != task["data"]:
+            call(f"task {task_id}", client.tasks.update, id=task_id, data=data)
     except BackendError as exc:
-        logger.warning("could not note on task %s why %s failed: %s", task_id, feature, exc)
+        logger.warning("could not note on task %s how %s went: %s", task_id, feature, exc)

@@ -3,7 +3,7 @@
 everything: the engine's automatic masks). A route is a function returning Regions; adding one is a file
 and a row.
 
-Used by `predict` when Label Studio asks without an interactive context (batch pre-annotation,
+Used by `predict` (batch.py) when Label Studio asks without an interactive context (batch pre-annotation,
 "Retrieve predictions", auto-annotation on import), by the queue jobs, and by
 
     python -m backend prelabel --project ID [--limit N]
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.core.errors import BackendError, InputError
+from backend.core.errors import BackendError, ConfigError, is_configuration_problem
 from backend.core.label_config import LabelConfig, parse_label_config
 from backend.core.settings import Settings, get_settings
 from backend.core.versions import project_model_version
 from backend.io.images import TaskImage, read_task_image
-from backend.io.ls_client import ERROR_FIELD, call, make_client, note_task_error, read_task, read_tasks
+from backend.io.ls_client import call, has_note, make_client, note_task, read_task, read_tasks
 from backend.prelabel.detector import get_detector, non_max_suppression
 from backend.prelabel.regions import Region, prediction
 from backend.segmentation.prompts import Prompt
@@ -80,7 +80,7 @@ def labeled_prompts(config: LabelConfig, settings: Settings, task: dict) -> list
     """category_prompts, refused when there is nothing to look for."""
     pairs = category_prompts(config, settings, task)
     if not pairs:
-        raise InputError("the labeling config has no labels to detect", "label_config")
+        raise ConfigError("the labeling config has no labels to detect", "label_config")
     return pairs
 
 
@@ -146,37 +146,11 @@ def log_found(task_id, labels: list[str]) -> None:
 def everything_masks(service: SegmentationService, image, settings: Settings) -> list[tuple[np.ndarray, float]]:
     """Automatic mask generation (a point grid) for configs without categories to detect."""
     if not service.engine.spec().can(EVERYTHING):
-        raise InputError(f"PRELABEL_MODE=everything needs a SAM engine; SAM_ENGINE={settings.sam_engine} cannot "
+        raise ConfigError(f"PRELABEL_MODE=everything needs a SAM engine; SAM_ENGINE={settings.sam_engine} cannot "
                          "segment everything", "PRELABEL_MODE")
     segmenter = service.engine.get()
     found = segmenter.everything(image.pixels(settings), lambda: service.embedding(image), settings)
     return found[: settings.max_detections]
-
-
-def predict_tasks(tasks: list[dict], config: LabelConfig, project_id: str = "") -> list:
-    """Predictions for a batch request, one entry per task in order. A task that fails, or where nothing is
-    found, gets no prediction (an empty list), so Label Studio asks again later instead of storing an empty
-    one; a failure's reason goes to the task's `backend_error` data field (cleared by the next success)
-    and the log."""
-    settings = get_settings()
-    client = optional_client(settings)
-    predictions: list = []
-    for index, task in enumerate(tasks):
-        if index + 1 < len(tasks):  # the next image downloads while this one is computed
-            prefetch_image(tasks[index + 1], config, settings)
-        task_id = task.get("id") if isinstance(task, dict) else None
-        error = None
-        try:
-            prediction = prelabel_task(task, config, settings, project_id=project_id)
-        except BackendError as exc:
-            logger.warning("pre-labeling task %s failed: %s", task_id, exc)
-            prediction, error = {"result": []}, str(exc)
-        predictions.append(prediction if prediction["result"] else [])
-        data = task.get("data") if isinstance(task, dict) else None
-        if client and str(project_id).isdigit() and isinstance(task_id, int) and (
-                error or ERROR_FIELD in (data or {})):
-            note_task_error(client, int(project_id), task_id, "pre-labeling", error)
-    return predictions
 
 
 def prefetch_image(task: object, config: LabelConfig, settings: Settings) -> threading.Thread:
@@ -201,9 +175,12 @@ def optional_client(settings: Settings):
 
 # ---------------------------------------------------------------- project-wide runs through the API
 def run_prelabel_task(project_id: int, task_id: int, label_config: str, prefetch: int | None = None) -> dict:
-    """Job: pre-label one task and store the prediction in Label Studio (none when nothing is found); a
-    failure is also shown in the task's `backend_error` field. `prefetch`: a task id queued after this one,
-    whose image is downloaded meanwhile (into the cache the machine's workers share)."""
+    """Job: pre-label one task and store the prediction in Label Studio (none when nothing is found, or when the
+    task already has a non-empty prediction of this model version); the task's `backend_status` note (queued)
+    is cleared, and a failure shown in its `backend_error`. `prefetch`: a task id queued after this one, whose
+    image is downloaded meanwhile (into the cache the machine's workers share)."""
+    from backend.prelabel.batch import FEATURE, incident
+
     settings = get_settings()
     client = make_client(settings)
     config = parse_label_config(label_config)
@@ -213,16 +190,29 @@ def run_prelabel_task(project_id: int, task_id: int, label_config: str, prefetch
     task = read_task(client, project_id, task_id)
     try:
         prediction = prelabel_task(task, config, settings, project_id=str(project_id))
-    except BackendError as exc:
-        note_task_error(client, project_id, task_id, "pre-labeling", str(exc))
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, BackendError) else incident(exc, task_id)
+        note_task(client, project_id, task_id, FEATURE, None if is_configuration_problem(exc) else reason)
         raise
-    if ERROR_FIELD in task["data"]:
-        note_task_error(client, project_id, task_id, "pre-labeling", None)
+    if has_note(task):
+        note_task(client, project_id, task_id, FEATURE)
     if not prediction["result"]:
         return {"task": task_id, "status": "empty", "regions": 0}
+    fresh = read_task(client, project_id, task_id)  # stored meanwhile (another job, a Retrieve Predictions)?
+    if any(_version_of(p) == prediction["model_version"] and _result_of(p) for p in fresh["predictions"]):
+        return {"task": task_id, "status": "done", "regions": len(prediction["result"]), "stored": False}
     call(f"task {task_id}", client.predictions.create, task=task_id, result=prediction["result"],
          score=prediction["score"], model_version=prediction["model_version"])
     return {"task": task_id, "status": "done", "regions": len(prediction["result"])}
+
+
+def _version_of(prediction) -> str | None:
+    return prediction.get("model_version") if isinstance(prediction, dict) else getattr(prediction, "model_version",
+                                                                                         None)
+
+
+def _result_of(prediction) -> list:
+    return (prediction.get("result") if isinstance(prediction, dict) else getattr(prediction, "result", None)) or []
 
 
 def _prefetch_task(client, project_id: int, task_id: int, config: LabelConfig, settings: Settings) -> None:
@@ -235,7 +225,7 @@ def _prefetch_task(client, project_id: int, task_id: int, config: LabelConfig, s
 def tasks_to_do(client, project_id: int, model_version: str) -> tuple[list[int], list[int]]:
     """(task ids without a non-empty prediction of `model_version`, ids that have one)."""
     done = {p.task for p in call(f"project {project_id}", client.predictions.list, project=project_id)
-            if p.model_version == model_version and p.result}
+            if _version_of(p) == model_version and _result_of(p)}
     todo = [t["id"] for t in read_tasks(client, project_id) if t["id"] not in done]
     return todo, sorted(done)
 

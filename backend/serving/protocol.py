@@ -40,19 +40,24 @@ def error_response(error: Exception) -> tuple[Response, int]:
     an id for anything unexpected (the traceback goes to the log under that id)."""
     if isinstance(error, BackendError):
         logger.warning("%s %s -> %s", request.method, request.path, error)
-        body = {"status": "ERROR", "error": redact_paths(error.message), "where": redact_paths(error.where or "")}
-        return jsonify(body), error.status
+        return error_body(redact_paths(error.message), redact_paths(error.where or ""), error.status)
     if isinstance(error, RequestEntityTooLarge):
         message = f"request body is larger than MAX_REQUEST_MB={get_settings().max_request_mb}"
-        return jsonify({"status": "ERROR", "error": message, "where": request.path}), 413
+        return error_body(message, request.path, 413)
     if isinstance(error, HTTPException):
-        return jsonify({"status": "ERROR", "error": error.description, "where": request.path}), error.code or 500
+        return error_body(error.description or "", request.path, error.code or 500)
     incident = uuid.uuid4().hex[:12]
     logger.error("%s %s failed (incident %s): %s: %s", request.method, request.path, incident,
                  type(error).__name__, error, exc_info=error)
     message = f"internal error {type(error).__name__} (incident {incident} in the server log)"
-    body = {"status": "ERROR", "error": message, "where": request.path}
-    return jsonify(body), 500
+    return error_body(message, request.path, 500)
+
+
+def error_body(message: str, where: str, status: int) -> tuple[Response, str]:
+    """The JSON error body, with the message in the status line as well: Label Studio shows only the status line
+    of a failed call (requests' "400 Client Error: <reason> for url"), in the Connect Model form and its logs."""
+    body = {"status": "ERROR", "error": message, "where": where}
+    return jsonify(body), f"{status} {status_phrase(f'{where}: {message}' if where else message)}"
 
 
 def _json_body() -> dict:
@@ -100,6 +105,35 @@ def status_phrase(text: str, limit: int = 400) -> str:
     return phrase if len(phrase) <= limit else phrase[: limit - 3] + "..."
 
 
+def _extra_params(data: dict) -> dict:
+    """/setup's extra_params: an object, or what Label Studio's Connect Model form sends (its text field as a
+    string: "" when left empty, "{...}" when typed)."""
+    value = data.get("extra_params")
+    if value is None or isinstance(value, dict):
+        return value or {}
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+    raise InputError(f"'extra_params' must be a JSON object (Label Studio's 'Any extra params' field), got "
+                     f"{str(value)[:60]!r}", "/setup extra_params")
+
+
+def _health_needs_auth(settings: Settings) -> bool:
+    """/health refuses wrong credentials, and missing ones from Label Studio (its ML client sends User-Agent
+    heartex/<version>) when basic auth is on: its Connect Model form explains a failed authentication ("...
+    authentication parameters were either not provided or are incorrect") only for a 401 from /health.
+    Orchestration probes without credentials still get the status."""
+    if not settings.basic_auth_user:
+        return False
+    return request.authorization is not None or request.headers.get("User-Agent", "").startswith("heartex/")
+
+
 def _is_loopback(address: str | None) -> bool:
     try:
         return ipaddress.ip_address(address or "").is_loopback
@@ -122,14 +156,16 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
     @app.before_request
     def _check_auth():
         g.started = time.perf_counter()
-        request.max_content_length = get_settings().max_request_mb << 20
-        LOAD_WAIT.set(get_settings().model_load_wait)
-        if request.path in ("/", "/health"):  # orchestration probes: status only without credentials
-            return None
-        if not _authorized(get_settings()):
-            response = jsonify({"status": "ERROR", "error": "basic authentication required", "where": request.path})
+        settings = get_settings()
+        request.max_content_length = settings.max_request_mb << 20
+        LOAD_WAIT.set(settings.model_load_wait)
+        if request.path in ("/", "/health") and not _health_needs_auth(settings):
+            return None  # orchestration probes: status only without credentials
+        if not _authorized(settings):
+            response, status = error_body("basic authentication required (BASIC_AUTH_USER / BASIC_AUTH_PASS)",
+                                          request.path, 401)
             response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
-            return response, 401
+            return response, status
         return None
 
     @app.after_request
@@ -158,12 +194,11 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
     def setup():
         data = _json_body()
         schema = _optional(data, "schema", str, "/setup schema")
-        extra = _optional(data, "extra_params", dict, "/setup extra_params")
+        extra = _extra_params(data)
         model = model_class(project_id=_project_id(data.get("project")), label_config=schema)
-        if extra:
-            if len(json.dumps(extra)) > MAX_EXTRA_PARAMS_BYTES:
-                raise InputError(f"extra_params is larger than {MAX_EXTRA_PARAMS_BYTES >> 10} KB", "/setup")
-            model.set_extra_params(extra)
+        if len(json.dumps(extra)) > MAX_EXTRA_PARAMS_BYTES:
+            raise InputError(f"extra_params is larger than {MAX_EXTRA_PARAMS_BYTES >> 10} KB", "/setup")
+        model.set_extra_params(extra)  # what Label Studio holds now: a field emptied in its form clears them
         return jsonify({"model_version": model.model_version})
 
     @app.post("/predict")

@@ -21,7 +21,7 @@ from backend.core.errors import BackendError, InputError
 from backend.core.label_config import parse_label_config
 from backend.core.settings import Settings, get_settings
 from backend.io.images import TaskImage, read_task_image
-from backend.io.ls_client import ERROR_FIELD, call, make_client, note_task_error, read_task
+from backend.io.ls_client import ERROR_FIELD, call, make_client, note_task, read_task
 from backend.io.storage import make_storage
 from backend.segmentation.masks import bounding_box, mask_results, region_mask
 from backend.segmentation.prompts import Prompt
@@ -164,9 +164,9 @@ def run_generation(project_id: int, task_id: int, annotation_id: int) -> dict:
         logger.info("annotation %s: %d synthetic tasks imported into project %s", annotation_id, len(new_tasks),
                     target)
         if ERROR_FIELD in task["data"]:
-            note_task_error(client, project_id, task_id, "synthesis", None)
+            note_task(client, project_id, task_id, "synthesis")
         return {"annotation": annotation_id, "status": "done", "tasks": len(new_tasks), "project": target}
     except BackendError as exc:
         logger.warning("generation for annotation %s failed: %s", annotation_id, exc)
-        note_task_error(client, project_id, task_id, "synthesis", f"annotation {annotation_id}: {exc}")
+        note_task(client, project_id, task_id, "synthesis", f"annotation {annotation_id}: {exc}")
         raise

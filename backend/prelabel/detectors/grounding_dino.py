@@ -9,7 +9,7 @@ MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
 
 def inputs(processor, image: np.ndarray, prompts: list[str]):
     caption = " ".join(p.rstrip(".").lower() + "." for p in prompts)
-    return processor(text=caption, images=image, return_tensors="pt")
+    return processor(text=caption, images=image, return_tensors="pt", input_data_format="channels_last")
 
 
 def boxes(processor, output, model_inputs, prompts: list[str], threshold: float, size: tuple[int, int]):

@@ -28,7 +28,7 @@ def load(path: str):
 
 
 def inputs(processor, image: np.ndarray, prompts: list[str]):
-    return processor(images=image, text=prompts, return_tensors="pt")
+    return processor(images=image, text=prompts, return_tensors="pt", input_data_format="channels_last")
 
 
 def boxes(processor, output, model_inputs, prompts: list[str], threshold: float, size: tuple[int, int]):

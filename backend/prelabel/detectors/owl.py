@@ -11,7 +11,8 @@ MODEL_TYPES = ("owlvit",)
 
 
 def inputs(processor, image: np.ndarray, prompts: list[str]):
-    return processor(text=[prompts], images=image, return_tensors="pt", padding="max_length", truncation=True)
+    return processor(text=[prompts], images=image, return_tensors="pt", padding="max_length", truncation=True,
+                     input_data_format="channels_last")
 
 
 def boxes(processor, output, model_inputs, prompts: list[str], threshold: float, size: tuple[int, int]):
