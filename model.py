@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from backend.core.errors import InputError
+from backend.core.errors import BackendError, InputError, is_configuration_problem
 from backend.core.jobs import get_queue
 from backend.core.label_config import parse_label_config
 from backend.core.settings import get_settings
 from backend.core.versions import ModelVersions, model_version, project_model_version
+from backend.io.ls_client import note_later
 from backend.learning.annotations import AnnotationStore
 from backend.prelabel.batch import predict_batch
 from backend.prelabel.concepts import predict_concepts
@@ -19,6 +20,7 @@ from backend.serving.ml_base import LabelStudioMLBase
 from backend.synthesis.generate import is_generation_annotation
 
 logger = logging.getLogger(__name__)
+CLICK = "click"  # the feature name of an interactive request's note on its task
 
 
 class SamBackend(LabelStudioMLBase):
@@ -38,7 +40,22 @@ class SamBackend(LabelStudioMLBase):
         concept = parse_concept_context(context, config, get_settings().max_prompt_points)
         if concept is not None:  # a phrase or exemplar boxes: every matching instance (SAM 3)
             return [predict_concepts(tasks[0], concept, config)]
-        return [get_segmentation().predict(tasks[0], context, config, self.project_id)]
+        return [self._click(tasks[0], context, config)]
+
+    def _click(self, task: dict, context: dict, config) -> dict:
+        """One click's (or box's) mask. Label Studio 1.23.2's labeling page drops an interactive error (its
+        frontend reads only a 200's `data.result`), so a failure is also written on the task (`backend_error`,
+        a Data Manager column) and cleared by the next good click."""
+        settings = get_settings()
+        try:
+            prediction = get_segmentation().predict(task, context, config, self.project_id)
+        except Exception as exc:
+            if not is_configuration_problem(exc):  # the server's problem: /health and the log say it
+                reason = str(exc) if isinstance(exc, BackendError) else f"internal error {type(exc).__name__}"
+                note_later(settings, self.project_id, task, CLICK, reason)
+            raise
+        note_later(settings, self.project_id, task, CLICK, None)
+        return prediction
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:
         """Keep the team's annotations; every TRAIN_EVERY of them (or START_TRAINING) queue a fine-tuning job."""

@@ -128,6 +128,8 @@ class InProcessQueue(OnceByKey):
         func_path, future = entry
         if future.running():
             return {"id": job_id, "function": func_path, "status": "started"}
+        if future.cancelled():
+            return {"id": job_id, "function": func_path, "status": "canceled"}
         if not future.done():
             return {"id": job_id, "function": func_path, "status": "queued"}
         error = future.exception()
@@ -135,6 +137,15 @@ class InProcessQueue(OnceByKey):
             message = f"{type(error).__name__}: {error}"
             return {"id": job_id, "function": func_path, "status": "failed", "error": message}
         return finished({"id": job_id, "function": func_path}, future.result())
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job that has not started; True when it was."""
+        with self._lock:
+            entry = self._jobs.get(job_id)
+        if entry is None or not entry[1].cancel():
+            return False
+        self._record(job_id, {"id": job_id, "function": entry[0], "status": "canceled"})
+        return True
 
     def wait(self, job_id: str, timeout: float | None = None):
         """The job's result (tests and CLIs)."""
@@ -189,6 +200,20 @@ class RedisQueue(OnceByKey):
         score = max(scores)
         logger.warning("job %s: no heartbeat for %.0f s, its worker is gone", job.id, time.time() - beat.timestamp())
         registry.cleanup(timestamp=score + 0.001)  # jobs with older heartbeats are just as abandoned
+        return True
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job that has not started; True when it was."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            job = Job.fetch(job_id, connection=self.connection)
+            if job.get_status(refresh=True).value not in ("queued", "deferred", "scheduled"):
+                return False
+            job.cancel()
+        except (NoSuchJobError, ValueError):
+            return False
         return True
 
     def status(self, job_id: str) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 from backend.core.errors import BackendError, InputError
 from backend.core.settings import Settings
@@ -77,10 +78,11 @@ def without_note(data: dict, feature: str, field: str = ERROR_FIELD) -> dict:
     return data
 
 
-def has_note(task: object) -> bool:
-    """Whether a task's data carries a backend note (so that a success has something to clear)."""
+def has_note(task: object, feature: str = "") -> bool:
+    """Whether a task's data carries a backend note (of `feature`, if given): a success has something to clear."""
     data = task.get("data") if isinstance(task, dict) else None
-    return isinstance(data, dict) and any(field in data for field in NOTE_FIELDS)
+    return isinstance(data, dict) and any(str(data.get(field, "")).startswith(feature) for field in NOTE_FIELDS
+                                          if field in data)
 
 
 def note_task(client, project_id: int, task_id: int, feature: str, error: str | None = None,
@@ -99,3 +101,14 @@ def note_task(client, project_id: int, task_id: int, feature: str, error: str | 
             call(f"task {task_id}", client.tasks.update, id=task_id, data=data)
     except BackendError as exc:
         logger.warning("could not note on task %s how %s went: %s", task_id, feature, exc)
+
+
+def note_later(settings: Settings, project_id: str, task: object, feature: str, error: str | None) -> None:
+    """`note_task` in a background thread (the answer does not wait for it), where the API settings are there and
+    the project and task ids are valid; nothing to do for a success on a task without `feature`'s note."""
+    task_id = task.get("id") if isinstance(task, dict) else None
+    if not (settings.label_studio_url and settings.label_studio_api_key and str(project_id).isdigit()
+            and isinstance(task_id, int) and (error or has_note(task, feature))):
+        return
+    threading.Thread(target=note_task, args=(make_client(settings), int(project_id), task_id, feature, error),
+                     name="note-task", daemon=True).start()

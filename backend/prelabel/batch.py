@@ -23,15 +23,10 @@ from backend.core.label_config import LabelConfig, parse_label_config
 from backend.core.problems import configuration_problems
 from backend.core.settings import Settings, get_settings
 from backend.io.ls_client import has_note, make_client, note_task
-from backend.prelabel.run import optional_client, prefetch_image, prelabel_task
+from backend.prelabel.run import optional_client, prefetch_image, prelabel_task, task_job_key
 
 logger = logging.getLogger(__name__)
 FEATURE = "pre-labeling"
-
-
-def task_job_key(project_id: int, task_id: int) -> str:
-    """The queue key of a task's pre-labeling job: one active job per task."""
-    return f"prelabel:{project_id}:{task_id}"
 
 
 def predict_batch(tasks: list, label_config: str, config: LabelConfig, project_id: str = "") -> list:
@@ -83,7 +78,7 @@ def _predict_one(task: object, task_id: int | None, config: LabelConfig, setting
         error = str(exc) if isinstance(exc, BackendError) else incident(exc, task_id)
         logger.warning("pre-labeling task %s failed: %s", task_id, error)
         prediction = {"result": []}
-    if client is not None and project is not None and task_id is not None and (error or has_note(task)):
+    if client is not None and project is not None and task_id is not None and (error or has_note(task, FEATURE)):
         note_task(client, project, task_id, FEATURE, error)
     return prediction if prediction["result"] else []
 

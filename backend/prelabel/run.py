@@ -17,6 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -174,6 +177,11 @@ def optional_client(settings: Settings):
 
 
 # ---------------------------------------------------------------- project-wide runs through the API
+def task_job_key(project_id: int, task_id: int) -> str:
+    """The queue key of a task's pre-labeling job: one active job per task (CLI runs and Retrieve Predictions)."""
+    return f"prelabel:{project_id}:{task_id}"
+
+
 def run_prelabel_task(project_id: int, task_id: int, label_config: str, prefetch: int | None = None) -> dict:
     """Job: pre-label one task and store the prediction in Label Studio (none when nothing is found, or when the
     task already has a non-empty prediction of this model version); the task's `backend_status` note (queued)
@@ -194,7 +202,7 @@ def run_prelabel_task(project_id: int, task_id: int, label_config: str, prefetch
         reason = str(exc) if isinstance(exc, BackendError) else incident(exc, task_id)
         note_task(client, project_id, task_id, FEATURE, None if is_configuration_problem(exc) else reason)
         raise
-    if has_note(task):
+    if has_note(task, FEATURE):
         note_task(client, project_id, task_id, FEATURE)
     if not prediction["result"]:
         return {"task": task_id, "status": "empty", "regions": 0}
@@ -246,33 +254,48 @@ def run_project(project_id: int, model_version: str, limit: int | None = None, p
                     "skipped": len(done), "failed": 0, "errors": {}}
     queue = get_queue()
     following = {task_id: todo[i + 1] if i + 1 < len(todo) else None for i, task_id in enumerate(todo)}
-    jobs = {queue.enqueue("backend.prelabel.run.run_prelabel_task", project_id, task_id, label_config,
-                          following[task_id]): task_id for task_id in todo}
+    jobs = {queue.enqueue_once(task_job_key(project_id, task_id), "backend.prelabel.run.run_prelabel_task",
+                               project_id, task_id, label_config, following[task_id]): task_id for task_id in todo}
     started = time.perf_counter()
     pending, pause = dict(jobs), 0.2
-    while pending and time.perf_counter() - started < deadline:
-        for job_id in list(pending):
-            status = queue.status(job_id)
-            if status["status"] in ("finished", "failed", "unknown", "stopped", "canceled"):
-                task_id = pending.pop(job_id)
-                outcome = (status.get("result") or {}).get("status") if status["status"] == "finished" else None
-                if outcome == "empty":
-                    report["empty"] += 1
-                elif status["status"] == "finished":
-                    report["done"] += 1
-                else:
-                    report["failed"] += 1
-                    report["errors"][str(task_id)] = status.get("error") or status["status"]
-                if progress:
-                    progress(len(jobs) - len(pending), len(jobs))
-        if pending:
-            time.sleep(min(pause, max(0.0, deadline - (time.perf_counter() - started))))
-            pause = min(pause * 1.5, 2.0)  # long runs poll every 2 s
+    try:
+        while pending and time.perf_counter() - started < deadline:
+            for job_id in list(pending):
+                status = queue.status(job_id)
+                if status["status"] in ("finished", "failed", "unknown", "stopped", "canceled"):
+                    _count(report, pending.pop(job_id), status)
+                    if progress:
+                        progress(len(jobs) - len(pending), len(jobs))
+            if pending:
+                time.sleep(min(pause, max(0.0, deadline - (time.perf_counter() - started))))
+                pause = min(pause * 1.5, 2.0)  # long runs poll every 2 s
+    except KeyboardInterrupt:  # Ctrl-C: no new task starts; the ones running finish; the report says which
+        report["interrupted"] = {"canceled": 0, "running": []}
+        for job_id, task_id in list(pending.items()):
+            if queue.cancel(job_id):
+                report["interrupted"]["canceled"] += 1
+                pending.pop(job_id)
+            else:
+                report["interrupted"]["running"].append(task_id)
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        return report
     for job_id, task_id in pending.items():
         report["failed"] += 1
         report["errors"][str(task_id)] = f"job {job_id}: no answer within {deadline:g} s (JOB_TIMEOUT)"
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def _count(report: dict, task_id: int, status: dict) -> None:
+    """Count one ended job in a project run's report."""
+    outcome = (status.get("result") or {}).get("status") if status["status"] == "finished" else None
+    if outcome == "empty":
+        report["empty"] += 1
+    elif status["status"] == "finished":
+        report["done"] += 1
+    else:
+        report["failed"] += 1
+        report["errors"][str(task_id)] = status.get("error") or status["status"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +315,17 @@ def main(argv: list[str] | None = None) -> int:
         bar.n = finished
         bar.refresh()
 
-    report = run_project(args.project, version, args.limit, progress)
+    try:
+        report = run_project(args.project, version, args.limit, progress)
+    except KeyboardInterrupt:  # before any job was queued
+        print("interrupted before any task was queued", file=sys.stderr)
+        return 130
     bar.close()
-    print(json.dumps(report, indent=2))
-    return 1 if report["failed"] else 0
+    if "interrupted" in report:  # a second Ctrl-C quits at once, without waiting for the running tasks
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        running = report["interrupted"]["running"]
+        print(f"interrupted: {report['interrupted']['canceled']} queued tasks canceled"
+              + (f", waiting for {len(running)} running (Ctrl-C again to quit now)" if running else ""),
+              file=sys.stderr, flush=True)
+    print(json.dumps(report, indent=2), flush=True)
+    return 130 if "interrupted" in report else 1 if report["failed"] else 0

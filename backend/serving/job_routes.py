@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 from flask import Flask, jsonify, request
 
@@ -56,5 +57,9 @@ def register(app: Flask) -> None:
     def job(job_id: str):
         if not JOB_ID.match(job_id):
             raise InputError("not a job id", "/jobs")
-        status = get_queue().status(job_id)
+        queue = get_queue()
+        status = queue.status(job_id)
+        children = (status.get("result") or {}).get("jobs") if isinstance(status.get("result"), dict) else None
+        if isinstance(children, dict):  # a job that queued one job per task: their states, counted
+            status["progress"] = dict(Counter(queue.status(child)["status"] for child in children.values()))
         return jsonify(status), 404 if status["status"] == "unknown" else 200

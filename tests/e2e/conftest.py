@@ -120,7 +120,7 @@ def embedded_backend(label_studio, folder: Path, engine: str, checkpoint: Path, 
 
 def upload_images(server, project_id: int, images: list[tuple[str, np.ndarray]]) -> None:
     """Upload PNG files the way a user drops them into the import dialog."""
-    files = [("file", (name, encode_image(image), "image/png")) for name, image in images]
+    files = [(f"file{i}", (name, encode_image(image), "image/png")) for i, (name, image) in enumerate(images)]
     response = requests.post(f"{server.url}/api/projects/{project_id}/import", files=files,
                              headers={"Authorization": f"Token {server.token}"}, timeout=60)
     assert response.status_code == 201, response.text

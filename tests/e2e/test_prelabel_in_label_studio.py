@@ -65,3 +65,41 @@ def test_prelabel_command_runs_in_process_without_redis(label_studio, unconnecte
     report = prelabel_cli(backend, labeled.id, redis=False)
     assert (report["done"], report["failed"]) == (2, 0), report
     assert all(label_studio.client.predictions.list(task=t.id) for t in tasks)
+
+
+def test_ctrl_c_stops_the_prelabel_command_cleanly(label_studio, backend):
+    """The first Ctrl-C cancels the queued tasks, lets the running one finish and prints the report (exit 130,
+    no traceback); no prediction is written after the command has ended."""
+    import signal
+    import time
+
+    from tests.e2e.conftest import LABEL_CONFIG, upload_images
+    from tests.helpers import disk_grid
+
+    client = label_studio.client
+    project = client.projects.create(title="ctrl-c", label_config=LABEL_CONFIG)
+    try:
+        upload_images(label_studio, project.id, [(f"grid{i}.png", disk_grid(seed=i)) for i in range(30)])
+        env = {**os.environ, **backend.env}
+        env.pop("REDIS_URL")  # the in-process queue: the jobs run in the command's own process
+        proc = subprocess.Popen([sys.executable, "-m", "backend", "prelabel", "--project", str(project.id)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def stored() -> int:
+            return len(list(client.predictions.list(project=project.id)))
+
+        deadline = time.monotonic() + 120
+        while stored() == 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-3000:]
+        assert "Traceback" not in err and "terminate called" not in err, err[-3000:]
+        report = json.loads(out)
+        assert report["interrupted"]["canceled"] > 0, report
+        at_exit = stored()  # the tasks done, and those that were running at the Ctrl-C
+        assert report["done"] <= at_exit <= report["done"] + len(report["interrupted"]["running"]) < 30, report
+        time.sleep(3)
+        assert stored() == at_exit  # nothing goes on writing after the command ended
+    finally:
+        client.projects.delete(id=project.id)
