@@ -40,6 +40,7 @@ def test_relative_depth_is_a_16_bit_png_of_the_images_size_with_a_preview(tiny_d
     assert colour.shape == (130, 200, 3)
     meta = fields["depth_meta"]
     assert meta["kind"] == "relative" and meta["min"] < meta["max"] and meta["raw_format"] == "png"
+    assert "/" not in meta["model"]  # a folder's own name: task data shows no server path to labelers
     json.dumps(fields)  # task data must be JSON
 
 
@@ -124,7 +125,7 @@ def test_a_sensor_depth_in_the_task_is_refined_by_prompt_depth_anything(tiny_dep
     fields = depth_for_task(task, settings)
     meta = fields["depth_meta"]
     assert meta["kind"] == "metric" and meta["unit"] == "m" and meta["source"] == "image + depth_prompt"
-    assert meta["model"] == str(tiny_prompt_depth)
+    assert meta["model"] == tiny_prompt_depth.name  # the folder's name, no server path
     refined = np.load(tmp_path / "files/outputs/depth/11_image.npy")
     assert refined.shape == (90, 120) and 0.5 < refined.mean() < 2.0  # metres, on the prompt's scale
 
@@ -146,13 +147,13 @@ def test_without_a_prompt_depth_the_ordinary_model_runs_and_force_refines_a_metr
     image, _ = disk_image(width=80, height=60)
     task = {"id": 14, "data": {"image": data_uri(encode_image(image))}}
     fields = depth_for_task(task, settings)
-    assert fields["depth_meta"]["source"] == "image" and fields["depth_meta"]["model"] == str(tiny_depth["metric"])
+    assert fields["depth_meta"]["source"] == "image" and fields["depth_meta"]["model"] == tiny_depth["metric"].name
     raw = fields["depth_raw"].removeprefix("/data/local-files/?d=")
     task["data"].update(fields, depth_raw=raw)  # as the task now carries it (a path below the root)
     assert depth_for_task(task, settings) is None  # it has depth: left alone
     again = depth_for_task(task, settings, force=True)  # refined with its own metric map as the prompt
     assert again["depth_meta"]["source"] == "image + depth_raw"
-    assert again["depth_meta"]["model"] == str(tiny_prompt_depth)
+    assert again["depth_meta"]["model"] == tiny_prompt_depth.name
 
 
 def test_a_bad_prompt_depth_is_a_clear_error(tiny_depth, tiny_prompt_depth, tmp_path):

@@ -58,3 +58,13 @@ def test_bad_context_says_what_and_where(context, message):
         parse_context(context)
     assert message in str(info.value)
     assert info.value.where.startswith("context")
+
+
+def test_a_point_labeled_exclude_is_negative_and_does_not_name_the_mask():
+    """The shipped configs' Exclude label: a negative point that shows as such in Label Studio's Regions list."""
+    context = {"result": [keypoint(40, 50, "Exclude"), keypoint(20, 30, "Object"), keypoint(60, 70, "Not this")]}
+    prompt = parse_context(context).to_prompt(100, 100)
+    assert prompt.labels.tolist() == [0, 1, 0]
+    assert parse_context(context).label == "Object"
+    with pytest.raises(InputError, match="at least one positive click"):
+        parse_context({"result": [keypoint(40, 50, "Exclude")]})

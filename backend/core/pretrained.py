@@ -21,6 +21,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def public_name(name: str) -> str:
+    """A model's name as labelers may read it (task data, job results): a hub id as it is, a folder on this
+    machine by its own name only (no server path)."""
+    path = Path(name)
+    return path.name if path.is_absolute() or path.exists() else name
+
+
 def from_pretrained(load: Callable[[str], T], name: str, what: str, setting: str, hub_example: str) -> T:
     """`load(name)`; a model that cannot be loaded gives one error naming the setting and where to get it."""
     try:

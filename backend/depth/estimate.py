@@ -25,7 +25,7 @@ from PIL import Image
 
 from backend.core.errors import BackendError
 from backend.core.model_cache import ModelCache
-from backend.core.pretrained import from_pretrained, resolve_device
+from backend.core.pretrained import from_pretrained, public_name, resolve_device
 from backend.core.settings import Settings, get_settings
 from backend.depth.depth_map import DepthMap
 from backend.depth.prompt_depth import get_prompt_estimator, read_prompt_depth
@@ -105,7 +105,7 @@ def depth_outputs(task_id: int, image_key: str, depth: DepthMap, storage: LocalS
     else:
         raw_path, raw_url = storage.save(f"depth/{task_id}_{image_key}.png", raw_bytes)
     _, preview_url = storage.save(f"depth/{task_id}_{image_key}_preview.png", preview(depth.depth, depth.metric))
-    meta = {"model": depth.model, "kind": "metric" if depth.metric else "relative",
+    meta = {"model": public_name(depth.model), "kind": "metric" if depth.metric else "relative",
             "unit": "m" if depth.metric else "relative inverse depth (larger is nearer)",
             "min": round(low, 6), "max": round(high, 6), "width": int(depth.depth.shape[1]),
             "height": int(depth.depth.shape[0]), "raw_format": raw_path.suffix.lstrip(".")}

@@ -17,12 +17,11 @@ import numpy as np
 
 from backend.core.errors import InputError
 from backend.core.label_config import LabelConfig
-from backend.segmentation.prompts import BOX_TYPES, rectangle_bounds
+from backend.segmentation.prompts import BOX_TYPES, is_negative, rectangle_bounds
 from backend.segmentation.sam3 import ConceptQuery
 
 TEXT_TYPES = ("textarea",)
 EXEMPLAR_MARK = "exemplar"  # in the name of the exemplar RectangleLabels control
-NEGATIVE_LABELS = ("negative", "exclude")
 MAX_PHRASE_CHARS = 200
 
 
@@ -43,11 +42,6 @@ class ConceptRequest:
 
 def is_exemplar_control(name: object) -> bool:
     return isinstance(name, str) and EXEMPLAR_MARK in name.lower()
-
-
-def _is_negative(item: dict, label: str | None) -> bool:
-    lowered = (label or "").strip().lower()
-    return item.get("is_positive") is False or lowered in NEGATIVE_LABELS or lowered.startswith("not ")
 
 
 def _phrase_label(text: str, config: LabelConfig) -> tuple[str, str]:
@@ -89,7 +83,7 @@ def parse_concept_context(context: object, config: LabelConfig, max_boxes: int =
         elif item.get("type") in BOX_TYPES and is_exemplar_control(item.get("from_name")):
             labels = item["value"].get("rectanglelabels") or []
             label = labels[0] if isinstance(labels, list) and labels and isinstance(labels[0], str) else None
-            positive = not _is_negative(item, label)
+            positive = not is_negative(item, label)
             boxes.append((*rectangle_bounds(item["value"], where), positive))
             if positive and box_label is None:
                 box_label = label

@@ -11,6 +11,7 @@ import numpy as np
 from backend.core.errors import InputError
 
 POINT_TYPES = ("keypointlabels", "keypoint")
+NEGATIVE_LABELS = ("negative", "exclude")  # a prompt with such a label (or "Not ...") marks what to leave out
 BOX_TYPES = ("rectanglelabels", "rectangle")
 _SLACK = 1e-6  # percent; Label Studio may send 100.00000000001
 
@@ -91,6 +92,12 @@ def rectangle_bounds(value: dict, where: str) -> tuple[float, float, float, floa
     return max(x0, 0.0), max(y0, 0.0), min(x1, 100.0), min(y1, 100.0)
 
 
+def is_negative(item: dict, label: str | None) -> bool:
+    """A negative prompt: Alt/Option-clicked (`is_positive: false`), or labeled Negative / Exclude / Not ..."""
+    lowered = (label or "").strip().lower()
+    return item.get("is_positive") is False or lowered in NEGATIVE_LABELS or lowered.startswith("not ")
+
+
 def _label_of(item: dict, kind: str, where: str) -> str | None:
     labels = item["value"].get(kind)
     if labels is None:
@@ -120,10 +127,13 @@ def parse_context(context: object, max_points: int = 64) -> ContextPrompt:
             raise InputError("each item needs a 'value' object", where)
         kind = item.get("type")
         value = item["value"]
+        item_label = _label_of(item, kind, where) if kind in POINT_TYPES + BOX_TYPES else None
         if kind in POINT_TYPES:
             x, y = _percent(value.get("x"), where, "x"), _percent(value.get("y"), where, "y")
-            positive = item.get("is_positive", True)
-            points.append((x, y, bool(positive)))
+            negative = is_negative(item, item_label)
+            points.append((x, y, not negative))
+            if negative:
+                continue  # an Exclude point does not name the mask's label
         elif kind in BOX_TYPES:
             if box is not None:
                 raise InputError("only one rectangle per request; send each box on its own", where)
@@ -131,8 +141,7 @@ def parse_context(context: object, max_points: int = 64) -> ContextPrompt:
         else:
             raise InputError(f"unsupported prompt type {kind!r}; use KeyPointLabels or RectangleLabels", where)
         if label is None:
-            label = _label_of(item, kind, where)
-            from_name = item.get("from_name")
+            label, from_name = item_label, item.get("from_name")
     if len(points) > max_points:
         raise InputError(f"{len(points)} clicks in one request; at most MAX_PROMPT_POINTS={max_points}", "context")
     if box is None and not any(positive for _, _, positive in points):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from backend.segmentation.masks import rle_to_mask
@@ -55,8 +57,8 @@ def test_click_in_the_browser_shows_the_mask_and_submits_it(label_studio, projec
 
 
 SHIPPED_CONFIGS = {  # config file -> texts its page must show
-    "label_config.xml": ["Click: pick a label", "Box: pick a label", "Masks"],
-    "label_configs/polygon.xml": ["Click: pick a label", "Box: pick a label", "Polygons"],
+    "label_config.xml": ["Click: pick a label", "Box: pick a label", "Masks", "Exclude"],
+    "label_configs/polygon.xml": ["Click: pick a label", "Box: pick a label", "Polygons", "Exclude"],
     "label_configs/depth.xml": ["Depth (Depth Anything", "Click: pick the label"],
     "label_configs/concepts.xml": ["Find all like this", "Find all by phrase", "Masks"],
     "label_configs/synthesis.xml": ["1. Mark the region", "2. What should appear", "Number of new images", "Engine",
@@ -95,5 +97,32 @@ def test_every_shipped_config_loads_into_label_studio_and_renders(label_studio, 
         report = json.loads(run.stdout.strip().splitlines()[-1])
         assert report["images"] == (2 if name.endswith("depth.xml") else 1), report
         assert all(report["texts"].values()), report
+    finally:
+        client.projects.delete(id=project.id)
+
+
+@pytest.mark.parametrize("name", ["label_config.xml", "label_configs/polygon.xml"])
+def test_a_portrait_photo_is_in_view_on_a_laptop_screen(label_studio, name):
+    """The click configs' rows leave the whole photo on screen at 1920x960 (three header rows pushed a portrait
+    photo 223 px below the fold). Screenshot: test-artifacts/portrait-*.png."""
+    from tests.e2e.conftest import upload_images
+
+    client = label_studio.client
+    project = client.projects.create(title=f"portrait {name}", label_config=(ROOT / name).read_text())
+    try:
+        portrait = np.full((1500, 1000, 3), 90, np.uint8)
+        portrait[300:1200, 250:750] = (230, 120, 40)
+        upload_images(label_studio, project.id, [("portrait.png", portrait)])
+        [task] = client.tasks.list(project=project.id)
+        ARTIFACTS.mkdir(exist_ok=True)
+        screenshot = ARTIFACTS / f"portrait-{name.replace('/', '-').removesuffix('.xml')}.png"
+        run = subprocess.run(["node", "render_task.mjs", label_studio.url, label_studio.email, label_studio.password,
+                              str(project.id), str(task.id), str(screenshot)], cwd=BROWSER_DIR, capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "VIEWPORT": "1920x960"})
+        assert run.returncode == 0, run.stdout + run.stderr
+        report = json.loads(run.stdout.strip().splitlines()[-1])
+        box = report["image_box"]
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 960 - 50, report  # above the Submit bar
+        assert box["height"] > 400, report  # still a usable size
     finally:
         client.projects.delete(id=project.id)

@@ -11,8 +11,8 @@ export async function launch() {
 }
 
 // A page logged in to Label Studio at `url`, showing `task` of `project` (every other origin is blocked).
-export async function openTask(browser, { url, email, password, project, task, height = 1000 }) {
-  const page = await browser.newPage({ viewport: { width: 1400, height } });
+export async function openTask(browser, { url, email, password, project, task, width = 1400, height = 1000 }) {
+  const page = await browser.newPage({ viewport: { width, height } });
   const origin = new URL(url).origin;
   await page.route('**/*', (route) => (route.request().url().startsWith(origin) || route.request().url().startsWith('blob:')
     || route.request().url().startsWith('data:') ? route.continue() : route.abort()));
