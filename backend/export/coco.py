@@ -1,7 +1,8 @@
 """COCO instance segmentation: annotations/instances_<split>.json, images/<split>/.
 
 Brush regions become COCO RLE (pycocotools' compressed counts, exact), polygon regions COCO polygons in
-pixels; bbox and area come from the mask; categories are the labeling config's labels in order (ids 1..N).
+pixels as drawn; bbox and area are pycocotools' own of that segmentation (what a COCO loader decodes);
+categories are the labeling config's labels in order (ids 1..N).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pycocotools import mask as coco_mask
 
 from backend.export.images import ExportImage
 from backend.export.samples import SPLITS, Instance
-from backend.segmentation.masks import bounding_box
 
 
 class CocoWriter:
@@ -33,14 +33,16 @@ class CocoWriter:
         name = image.write(self.root / "images" / split, str(image_id))
         self.images[split].append({"id": image_id, "file_name": name, "width": width, "height": height})
         for instance in instances:
-            x0, y0, x1, y1 = bounding_box(instance.mask)
+            shape = segmentation(instance)
+            rle = coco_mask.merge(coco_mask.frPyObjects(shape, height, width)) if isinstance(shape, list) else {
+                "size": shape["size"], "counts": shape["counts"].encode("ascii")}
             self.annotations[split].append({
                 "id": self.next_id, "image_id": image_id, "category_id": self.category[instance.label],
-                "segmentation": segmentation(instance), "area": int(instance.mask.sum()),
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0})
+                "segmentation": shape, "area": int(coco_mask.area(rle)),
+                "bbox": [round(float(v), 2) for v in coco_mask.toBbox(rle)], "iscrowd": 0})
             self.next_id += 1
 
-    def finish(self) -> None:
+    def finish(self, destination: Path) -> None:
         folder = self.root / "annotations"
         folder.mkdir(parents=True, exist_ok=True)
         for split in SPLITS:

@@ -38,6 +38,6 @@ class PngMaskWriter:
         Image.fromarray(instance_ids).save(folder / f"{image_id}_instances.png")
         Image.fromarray(class_ids).save(folder / f"{image_id}_classes.png")
 
-    def finish(self) -> None:
+    def finish(self, destination: Path) -> None:
         classes = {"0": "background", **{str(i): name for name, i in self.index.items()}}
         (self.root / "classes.json").write_text(json.dumps(classes, indent=2, ensure_ascii=False))

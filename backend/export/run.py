@@ -5,9 +5,11 @@
 
 Tasks, annotations and predictions are read through label-studio-sdk (LABEL_STUDIO_URL and
 LABEL_STUDIO_API_KEY); images through the backend's own reader (the same storage rules and limits as
-/predict). The export is built in a sibling folder and replaces `--out` only when complete. A task
-whose image cannot be read (or whose regions do not fit it) is reported and skipped; the summary
-counts images and instances per split and class.
+/predict). The export is built in a sibling folder and takes the place of `--out` only when complete.
+`--out` must be a new folder or one this command wrote before (it holds the marker file EXPORT_MARKER):
+anything else (a folder of other files, a file, a symlink) is refused, never replaced. A task whose image
+cannot be read (or whose regions do not fit it) is reported and skipped; the summary counts images and
+instances per split and class; the exit status is 1 when nothing could be exported.
 """
 
 from __future__ import annotations
@@ -34,6 +36,27 @@ from backend.io.images import read_task_image
 
 logger = logging.getLogger(__name__)
 FORMATS = {writer.name: writer for writer in (CocoWriter, YoloWriter, PngMaskWriter)}
+EXPORT_MARKER = ".label-studio-backend-export"  # in every export folder: what --out may replace
+
+
+class ExportTargetError(ValueError):
+    """`--out` names something an export must not replace."""
+
+
+def check_target(out: Path) -> Path:
+    """`out` as an absolute path, if an export may be written there: nothing there yet, or a real folder
+    (not a symlink) that an earlier export wrote (EXPORT_MARKER); ExportTargetError otherwise."""
+    if out.is_symlink():
+        raise ExportTargetError(f"--out {out} is a symbolic link; name a new folder")
+    out = out.absolute()
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise ExportTargetError(f"--out {out} is a file; name a new folder (an export never replaces other files)")
+    if not (out / EXPORT_MARKER).is_file():
+        raise ExportTargetError(f"--out {out} exists and is not an earlier export (no {EXPORT_MARKER} in it); name "
+                                "a new folder: an export replaces only a folder it wrote itself")
+    return out
 
 
 @dataclass
@@ -62,9 +85,9 @@ def export_tasks(tasks: list[dict], config: LabelConfig, fmt: str, out: Path, op
     what is there only once the whole export is written."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
+    out = check_target(out)
     classes = class_names(config, options)
     samples = select_samples(tasks, config, options)
-    out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
     summary = Summary()
@@ -85,12 +108,13 @@ def export_tasks(tasks: list[dict], config: LabelConfig, fmt: str, out: Path, op
                     summary.instances[(sample.split, instance.label)] += 1
             if progress:
                 progress(done, len(samples))
-        writer.finish()
+        writer.finish(out)
+        (building / EXPORT_MARKER).write_text("written by python -m backend export; --out may replace this folder\n")
         (building / "export.json").write_text(json.dumps(
             {"format": fmt, "classes": classes, "options": {**options.__dict__},
              "tasks": {str(s.task_id): {"split": s.split, "source": s.source} for s in samples},
              **summary.as_dict()}, indent=2, ensure_ascii=False))
-        _replace(building, out)
+        _replace(building, check_target(out))  # checked again: nothing may have taken its place meanwhile
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -140,23 +164,33 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     options = Options(args.predictions, args.synthetic, tuple(args.labels), tuple(args.split))
     try:
+        check_target(args.out)
         config, tasks = read_project(make_client(settings), args.project)
         classes = class_names(config, options)
     except (BackendError, ValueError) as exc:
         print(f"error: {exc}")
-        return 1
+        return 2 if isinstance(exc, ExportTargetError) else 1
     bar = tqdm(total=0, unit="task", disable=args.quiet)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(1)
 
-    summary = export_tasks(tasks, config, args.format, args.out, options, settings, progress)
+    try:
+        summary = export_tasks(tasks, config, args.format, args.out, options, settings, progress)
+    except ExportTargetError as exc:
+        print(f"error: {exc}")
+        return 2
     bar.close()
     print(summary.table(classes))
     for task_id, reason in summary.failed.items():
         print(f"skipped task {task_id}: {reason}")
     for reason in summary.skipped_regions:
         print(f"skipped {reason}")
-    print(f"{sum(summary.images.values())} images written to {args.out} ({args.format})")
+    written = sum(summary.images.values())
+    print(f"{written} images written to {args.out} ({args.format})")
+    if not written:
+        print("error: nothing was exported" + (" (every task failed)" if summary.failed else
+                                                " (no task has a labeling to export)"))
+        return 1
     return 0

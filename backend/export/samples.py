@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ import numpy as np
 from backend.core.label_config import LabelConfig
 from backend.segmentation.masks import region_mask
 
+logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 MASK_TYPES = ("brushlabels", "polygonlabels")
 
@@ -97,7 +99,10 @@ def is_synthetic(task: dict) -> bool:
 def select_samples(tasks: list[dict], config: LabelConfig, options: Options) -> list[Sample]:
     """The tasks to export, in id order, with their labeling's mask regions and split."""
     samples = []
-    for task in sorted(tasks, key=lambda t: t["id"]):
+    numbered = [t for t in tasks if isinstance(t.get("id"), int) and not isinstance(t.get("id"), bool)]
+    if len(numbered) < len(tasks):  # ids name the exported files: only Label Studio's integer ids are used
+        logger.warning("%d tasks without an integer id left out", len(tasks) - len(numbered))
+    for task in sorted(numbered, key=lambda t: t["id"]):
         synthetic = is_synthetic(task)
         if (options.synthetic == "exclude" and synthetic) or (options.synthetic == "only" and not synthetic):
             continue

@@ -62,6 +62,21 @@ def mask_to_polygons(mask: np.ndarray, epsilon: float) -> list[list[list[float]]
     return polygons
 
 
+def centre_outlines(mask: np.ndarray) -> list[np.ndarray]:
+    """The outer outline of every part of a mask through its edge pixels' centres (pixel i's centre is i + 0.5),
+    as N x 2 float pixel coordinates, largest part first, unsimplified. A loader that scales them and fills the
+    polygon with integer (truncated) vertices, as Ultralytics and supervision do, gets the part's pixels back
+    exactly (holes filled). A part of one pixel, or one pixel wide, is a degenerate outline, kept."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outlines = []
+    for contour in sorted(contours, key=lambda c: (cv2.contourArea(c), len(c)), reverse=True):
+        points = contour.reshape(-1, 2).astype(np.float64) + 0.5
+        while len(points) < 3:  # a point or a line: repeat its vertices (formats want three points)
+            points = np.concatenate([points, points[:1]])
+        outlines.append(points)
+    return outlines
+
+
 def polygon_to_mask(points: np.ndarray, height: int, width: int, supersample: int = 4) -> np.ndarray:
     """The pixels a polygon ([[x %, y %], ...]) covers at least half of (the inverse of mask_to_polygons)."""
     canvas = np.zeros((height * supersample, width * supersample), np.uint8)
