@@ -29,6 +29,26 @@ from tests.processes import ROOT, start_gunicorn, start_rq_worker, start_server,
 
 LABEL_STUDIO = ROOT / ".venv-ls" / "bin" / "label-studio"
 LABEL_CONFIG = (ROOT / "label_config.xml").read_text()
+BROWSER_DIR = ROOT / "tests" / "e2e" / "browser"
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots of the browser checks
+
+
+def in_browser(script: str, label_studio, *args: str, env: dict | None = None, timeout: float = 300) -> dict:
+    """Run a browser check (tests/e2e/browser/<script>, headless Chromium logged in to `label_studio`); the JSON
+    report it prints last. Fails with its output when it exits non-zero."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir() or not shutil.which("chromium"):
+        pytest.fail("playwright-core or chromium is missing: run ./run test (it installs both)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    run = subprocess.run(["node", script, label_studio.url, label_studio.email, label_studio.password, *map(str, args)],
+                         cwd=BROWSER_DIR, capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 @dataclass

@@ -10,8 +10,8 @@ export async function launch() {
   });
 }
 
-// A page logged in to Label Studio at `url`, showing `task` of `project` (every other origin is blocked).
-export async function openTask(browser, { url, email, password, project, task, width = 1400, height = 1000 }) {
+// A page logged in to Label Studio at `url` (every other origin is blocked).
+export async function login(browser, { url, email, password, width = 1400, height = 1000 }) {
   const page = await browser.newPage({ viewport: { width, height } });
   const origin = new URL(url).origin;
   await page.route('**/*', (route) => (route.request().url().startsWith(origin) || route.request().url().startsWith('blob:')
@@ -20,6 +20,12 @@ export async function openTask(browser, { url, email, password, project, task, w
   await page.fill('input[name=email]', email);
   await page.fill('input[name=password]', password);
   await Promise.all([page.waitForNavigation(), page.click('button[type=submit], input[type=submit]')]);
+  return page;
+}
+
+// A logged-in page showing `task` of `project`.
+export async function openTask(browser, { url, email, password, project, task, width = 1400, height = 1000 }) {
+  const page = await login(browser, { url, email, password, width, height });
   await page.goto(`${url}/projects/${project}/data?task=${task}`);
   await page.locator('img[alt=image]').first().waitFor({ state: 'visible', timeout: 60000 });
   return page;
