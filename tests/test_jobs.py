@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,42 @@ def test_a_job_whose_every_task_failed_is_failed_not_finished():
 def test_unknown_job_is_404(grabcut_client):
     response = grabcut_client.get("/jobs/0123456789ab")
     assert response.status_code == 404 and response.json["status"] == "unknown"
+
+
+def hold(event) -> None:
+    event.wait(10)
+
+
+def test_once_per_key_and_cancel_on_both_queues(redis_url):
+    """One active job per key (a task's pre-labeling), a job that has not started can be canceled."""
+    import threading
+
+    local = InProcessQueue()
+    gate = threading.Event()
+    blocker = local.enqueue("tests.test_jobs.hold", gate)  # holds the only worker thread
+    first = local.enqueue_once("prelabel:1:7", "json.loads", "1")
+    assert local.enqueue_once("prelabel:1:7", "json.loads", "2") == first  # still queued: the same job
+    assert local.active_job("prelabel:1:7") == first and local.cancel(first)
+    assert local.status(first)["status"] == "canceled" and local.active_job("prelabel:1:7") is None
+    assert local.enqueue_once("prelabel:1:7", "json.loads", "3") != first
+    gate.set()
+    local.wait(blocker, timeout=10)
+    assert not local.cancel(blocker)  # finished: nothing to cancel
+
+    remote = RedisQueue(redis_url.rsplit("/", 1)[0] + "/5", timeout=60)
+    job = remote.enqueue_once("prelabel:2:8", "json.loads", "1")  # no worker runs it: stays queued
+    assert remote.enqueue_once("prelabel:2:8", "json.loads", "1") == job
+    assert remote.cancel(job) and remote.status(job)["status"] == "canceled"
+    assert remote.enqueue_once("prelabel:2:8", "json.loads", "1") != job
+
+
+def test_a_job_that_queued_jobs_shows_their_progress(grabcut_client):
+    from backend.core.jobs import get_queue
+
+    queue = get_queue()
+    done = queue.enqueue("json.loads", "1")
+    queue.wait(done, timeout=10)
+    parent = queue.enqueue("json.loads", json.dumps({"jobs": {"3": done, "4": "0123456789ab"}}))
+    queue.wait(parent, timeout=10)
+    body = grabcut_client.get(f"/jobs/{parent}").json
+    assert body["status"] == "finished" and body["progress"] == {"finished": 1, "unknown": 1}
