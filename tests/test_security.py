@@ -217,6 +217,21 @@ def test_the_token_goes_only_to_label_studio_media_paths(backend, servers):
     assert auth["/storage-data/uploaded/?filepath=upload/1/a.png"] == f"Token {TOKEN}"
     assert auth["/api/projects/image.png"] is None
     assert [r["auth"] for r in hostile.requests if r["path"] == "/image-from-ls.png"] == [None]
+    for sneaky in ("/data/upload/../../api/current-user/whoami/", "/data/upload/%2e%2e/%2E%2E/api/current-user/whoami/",
+                   "/data/upload/./../../api/current-user/whoami/"):  # the media-path check must see what is sent
+        predict(backend, sneaky)
+    whoami = [r["auth"] for r in label_studio.requests if r["path"].startswith("/api/current-user/whoami")]
+    assert whoami and set(whoami) == {None}, whoami
+
+
+def test_dot_segments_are_resolved_before_the_policy_judges_a_url():
+    from backend.io.download import without_dot_segments
+
+    assert without_dot_segments("http://ls/data/upload/../../api/x/?a=1") == "http://ls/api/x/?a=1"
+    assert without_dot_segments("http://ls/data/upload/%2e%2E/../api") == "http://ls/api"
+    assert without_dot_segments("http://ls/a/b/..") == "http://ls/a/"
+    assert without_dot_segments("http://ls/../../etc") == "http://ls/etc"
+    assert without_dot_segments("http://ls/data/upload/1/a.png") == "http://ls/data/upload/1/a.png"
 
 
 def test_a_label_studio_redirect_may_go_to_public_hosts_only(backend, servers):

@@ -19,7 +19,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -98,6 +98,23 @@ class DownloadPolicy:
             short_url(url))
 
 
+def without_dot_segments(url: str) -> str:
+    """`url` with its path's `.` and `..` segments resolved (RFC 3986, 5.2.4), percent-encoded dots included:
+    the URL the policy judges is the one requested (urllib3 would resolve them after the check, so
+    /data/upload/../../api/... reached Label Studio's API with its token)."""
+    parts = urlsplit(url)
+    segments = re.sub(r"%2[eE]", ".", parts.path).split("/")
+    kept: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if len(kept) > 1:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    path = "/".join(kept) + ("/" if segments[-1] in (".", "..") else "")
+    return urlunsplit(parts._replace(path=path)) if path != parts.path else url
+
+
 def short_url(url: str) -> str:
     return url if len(url) <= 120 else url[:100] + "..." + url[-15:]
 
@@ -127,6 +144,7 @@ class Download:
         deadline = time.monotonic() + self.settings.download_timeout
         original, after_label_studio = url, False
         for _ in range(self.settings.max_redirects + 1):
+            url = without_dot_segments(url)
             route = self.policy.route(url, after_label_studio)
             response = self._get(url, route, deadline, original)
             with response:
