@@ -164,3 +164,32 @@ def test_a_bad_prompt_depth_is_a_clear_error(tiny_depth, tiny_prompt_depth, tmp_
         with pytest.raises(ImageError, match=message) as error:
             depth_for_task({"id": 15, "data": {"image": colour, "depth_prompt": bad}}, settings)
         assert "task 15 prompt depth" in error.value.where
+
+
+def test_prompt_depths_are_held_to_the_image_limits_before_decoding(tmp_path):
+    """A 792 KB 16-bit 20000x20000 PNG took a worker from 0.57 to 6.7 GB; a .npy of strings or records stopped
+    a depth job with an error of no kind the job knew."""
+    import io
+    import resource
+
+    from backend.depth.prompt_depth import decode_prompt_depth
+
+    big = cv2.imencode(".png", np.zeros((20000, 20000), np.uint16))[1].tobytes()
+    assert len(big) < 2 << 20
+    for limits, message in (({"max_pixels": 10_000_000}, "MAX_IMAGE_PIXELS"),
+                            ({"max_pixels": 10**9, "max_memory_mb": 512}, "MAX_IMAGE_MEMORY_MB")):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(ImageError, match=message):
+            decode_prompt_depth(big, 0.001, "task 1 prompt depth", **limits)
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing decoded
+    for array, message in ((np.array(["a", "b"]), "must hold numbers"),
+                           (np.zeros(4, [("a", "f4"), ("b", "f4")]), "must hold numbers"),
+                           (np.zeros((2, 3), np.float32), "positive values")):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        with pytest.raises(ImageError, match=message):
+            decode_prompt_depth(buffer.getvalue(), 0.001, "task 1 prompt depth")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (50000, 50000)})
+    with pytest.raises(ImageError, match="MAX_IMAGE_PIXELS"):  # a header that promises 10 GB, and no data
+        decode_prompt_depth(b"\x93NUMPY\x01\x00" + header.getvalue()[8:], 0.001, "where", max_pixels=10**9)
