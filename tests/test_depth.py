@@ -193,3 +193,23 @@ def test_prompt_depths_are_held_to_the_image_limits_before_decoding(tmp_path):
     np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (50000, 50000)})
     with pytest.raises(ImageError, match="MAX_IMAGE_PIXELS"):  # a header that promises 10 GB, and no data
         decode_prompt_depth(b"\x93NUMPY\x01\x00" + header.getvalue()[8:], 0.001, "where", max_pixels=10**9)
+
+
+def test_a_depth_job_goes_on_after_a_task_fails_with_any_error(monkeypatch):
+    """A .npy of strings stopped the whole job at its task (an error of no kind the job knew)."""
+    from backend.depth import estimate
+
+    ran = []
+
+    def run_task(project_id, task_id, *args):
+        ran.append(task_id)
+        if task_id == 2:
+            raise TypeError("a bug, not a BackendError")
+        return {"task": task_id, "status": "done"}
+
+    monkeypatch.setattr(estimate, "make_client", lambda settings: None)
+    monkeypatch.setattr(estimate, "make_storage", lambda settings: None)
+    monkeypatch.setattr(estimate, "run_depth_task", run_task)
+    report = estimate.run_depth_project(9, task_ids=[1, 2, 3])
+    assert ran == [1, 2, 3] and (report["done"], report["failed"]) == (2, 1)
+    assert report["errors"]["2"].startswith("internal error TypeError (incident ")

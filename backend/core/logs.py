@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import uuid
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;()<>/]+/[^\s'\"`,;()<>]*[^\s'\"`,;()<>.]")  # 2+ parts
@@ -65,3 +66,16 @@ def redact_paths(text: str) -> str:
         return ".../" + os.path.basename(path.rstrip("/")) if path.strip("/") else path
 
     return _ABSOLUTE_PATH.sub(replace, text)
+
+
+def failure_text(error: BaseException, what: str, log: logging.Logger | None = None) -> str:
+    """What to tell a caller about `error` while doing `what`: a BackendError's own message; anything else as its
+    kind and an incident id, with the traceback in the log under that id (no internals leave the server)."""
+    from backend.core.errors import BackendError
+
+    if isinstance(error, BackendError):
+        return str(error)
+    incident = uuid.uuid4().hex[:12]
+    (log or logging.getLogger(__name__)).error("%s failed (incident %s): %s: %s", what, incident,
+                                              type(error).__name__, error, exc_info=error)
+    return f"internal error {type(error).__name__} (incident {incident} in the server log)"

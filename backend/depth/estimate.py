@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from backend.core.errors import BackendError
+from backend.core.logs import failure_text
 from backend.core.model_cache import ModelCache
 from backend.core.pretrained import from_pretrained, public_name, resolve_device
 from backend.core.settings import Settings, get_settings
@@ -154,9 +155,12 @@ def run_depth_task(project_id: int, task_id: int, image_key: str = "image", forc
     task = read_task(client, project_id, task_id)
     try:
         fields = depth_for_task(task, settings, image_key, force, storage)
-    except BackendError as exc:
-        note_task(client, project_id, task_id, "depth", str(exc))
-        raise
+    except Exception as exc:  # whatever it is, it is this task's: noted on it, and the project run goes on
+        reason = failure_text(exc, f"depth for task {task_id}", logger)
+        note_task(client, project_id, task_id, "depth", reason)
+        if isinstance(exc, BackendError):
+            raise
+        raise BackendError(reason, f"task {task_id}") from exc
     if fields is None:
         return {"task": task_id, "status": "skipped", "reason": "already has depth"}
     current = without_note(read_task(client, project_id, task_id)["data"], "depth")  # the freshest data
@@ -177,10 +181,10 @@ def run_depth_project(project_id: int, image_key: str = "image", force: bool = F
         try:
             result = run_depth_task(project_id, task_id, image_key, force, client, storage)
             report["done" if result["status"] == "done" else "skipped"] += 1
-        except BackendError as exc:
+        except Exception as exc:  # one task's failure, of any kind, never stops the others
             report["failed"] += 1
-            report["errors"][str(task_id)] = str(exc)
-            logger.warning("depth for task %s failed: %s", task_id, exc)
+            report["errors"][str(task_id)] = failure_text(exc, f"depth for task {task_id}", logger)
+            logger.warning("depth for task %s failed: %s", task_id, report["errors"][str(task_id)])
         logger.info("depth: project %s, %d/%d tasks", project_id, index, len(task_ids))
         if progress:
             progress(index, len(task_ids))

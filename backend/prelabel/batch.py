@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from backend.core.errors import BackendError, is_configuration_problem
 from backend.core.jobs import get_queue
 from backend.core.label_config import LabelConfig, parse_label_config
+from backend.core.logs import failure_text
 from backend.core.problems import configuration_problems
 from backend.core.settings import Settings, get_settings
 from backend.io.ls_client import has_note, make_client, note_task
@@ -75,19 +75,12 @@ def _predict_one(task: object, task_id: int | None, config: LabelConfig, setting
     except Exception as exc:
         if is_configuration_problem(exc):
             raise
-        error = str(exc) if isinstance(exc, BackendError) else incident(exc, task_id)
+        error = failure_text(exc, f"pre-labeling task {task_id}", logger)
         logger.warning("pre-labeling task %s failed: %s", task_id, error)
         prediction = {"result": []}
     if client is not None and project is not None and task_id is not None and (error or has_note(task, FEATURE)):
         note_task(client, project, task_id, FEATURE, error)
     return prediction if prediction["result"] else []
-
-
-def incident(error: Exception, task_id: int | None) -> str:
-    """An unexpected failure's text for the task: its kind and an incident id; the traceback goes to the log."""
-    incident = uuid.uuid4().hex[:12]
-    logger.error("pre-labeling task %s failed (incident %s)", task_id, incident, exc_info=error)
-    return f"internal error {type(error).__name__} (incident {incident} in the server log)"
 
 
 def continue_later(tasks: list, label_config: str, project: int | None, can_store: bool,

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.core.errors import BackendError, ConfigError, is_configuration_problem
+from backend.core.errors import ConfigError, is_configuration_problem
 from backend.core.label_config import LabelConfig, parse_label_config
+from backend.core.logs import failure_text
 from backend.core.settings import Settings, get_settings
 from backend.core.versions import project_model_version
 from backend.io.images import TaskImage, read_task_image
@@ -187,7 +188,7 @@ def run_prelabel_task(project_id: int, task_id: int, label_config: str, prefetch
     task already has a non-empty prediction of this model version); the task's `backend_status` note (queued)
     is cleared, and a failure shown in its `backend_error`. `prefetch`: a task id queued after this one, whose
     image is downloaded meanwhile (into the cache the machine's workers share)."""
-    from backend.prelabel.batch import FEATURE, incident
+    from backend.prelabel.batch import FEATURE
 
     settings = get_settings()
     client = make_client(settings)
@@ -199,7 +200,7 @@ def run_prelabel_task(project_id: int, task_id: int, label_config: str, prefetch
     try:
         prediction = prelabel_task(task, config, settings, project_id=str(project_id))
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, BackendError) else incident(exc, task_id)
+        reason = failure_text(exc, f"pre-labeling task {task_id}", logger)
         note_task(client, project_id, task_id, FEATURE, None if is_configuration_problem(exc) else reason)
         raise
     if has_note(task, FEATURE):

@@ -13,13 +13,12 @@ import json
 import logging
 import re
 import time
-import uuid
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend.core.errors import BackendError, ForbiddenError, InputError, SettingsError
-from backend.core.logs import redact_paths
+from backend.core.logs import failure_text, redact_paths
 from backend.core.model_cache import LOAD_WAIT
 from backend.core.settings import Settings, get_settings
 from backend.serving import metrics
@@ -46,11 +45,7 @@ def error_response(error: Exception) -> tuple[Response, int]:
         return error_body(message, request.path, 413)
     if isinstance(error, HTTPException):
         return error_body(error.description or "", request.path, error.code or 500)
-    incident = uuid.uuid4().hex[:12]
-    logger.error("%s %s failed (incident %s): %s: %s", request.method, request.path, incident,
-                 type(error).__name__, error, exc_info=error)
-    message = f"internal error {type(error).__name__} (incident {incident} in the server log)"
-    return error_body(message, request.path, 500)
+    return error_body(failure_text(error, f"{request.method} {request.path}", logger), request.path, 500)
 
 
 def error_body(message: str, where: str, status: int) -> tuple[Response, str]:
