@@ -257,3 +257,19 @@ def test_the_owlv2_vision_tower_on_onnx_runtime_gives_the_eager_detections(tiny_
 
     monkeypatch.setattr(fast.model.owlv2.vision_model.encoder, "forward", eager_encoder)
     assert fast.detect(image, prompts, 0.0)  # ONNX Runtime answered: the eager tower was not called
+
+
+def test_caption_phrases_are_bounded_and_checked():
+    """5000 phrases in a caption took SAM 3 78 s and 11 GB; a lone surrogate made the tokenizer raise TypeError."""
+    from backend.core.errors import InputError
+
+    settings = Settings(max_prompt_phrases=8)
+    many = {"id": 4, "data": {"caption": ",".join(f"thing{i}" for i in range(5000))}}
+    with pytest.raises(InputError, match="5000 phrases in the caption field") as error:
+        category_prompts(CONFIG, settings, many)
+    assert error.value.where == "task 4 caption"
+    with pytest.raises(InputError, match="lone surrogate"):
+        category_prompts(CONFIG, settings, {"id": 5, "data": {"caption": "a red \ud800 car"}})
+    with pytest.raises(InputError, match="at most 200"):
+        category_prompts(CONFIG, settings, {"id": 6, "data": {"caption": "x" * 201}})
+    assert len(category_prompts(CONFIG, settings, {"id": 7, "data": {"caption": "a, b, c"}})) == 5

@@ -65,6 +65,7 @@ class Settings:
     download_timeout: float = 30.0  # seconds for one image download, all redirects and the whole body
     max_request_mb: int = 32  # larger request bodies answer 413
     max_prompt_points: int = 64  # clicks in one interactive request
+    max_prompt_phrases: int = 64  # text prompts per pre-labeled image: labels, aliases and the caption's phrases
     max_annotation_kb: int = 4096  # a larger annotation is not kept for training
     max_project_annotations: int = 20000  # annotations kept for training per project
     polygon_epsilon: float = 1.5  # contour simplification tolerance, in pixels
@@ -148,7 +149,7 @@ class Settings:
                             "leave the server open)")
         for name in ("download_timeout", "max_download_mb", "max_request_mb", "max_prompt_points",
                      "max_image_pixels", "max_image_memory_mb", "max_annotation_kb", "max_project_annotations",
-                     "predict_budget"):
+                     "predict_budget", "max_prompt_phrases"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
         for name in ("max_redirects", "image_cache_mb", "embedding_disk_mb", "train_every"):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.core.errors import ConfigError, is_configuration_problem
+from backend.core.errors import ConfigError, InputError, is_configuration_problem
 from backend.core.label_config import LabelConfig, parse_label_config
 from backend.core.logs import failure_text
 from backend.core.settings import Settings, get_settings
@@ -37,7 +37,7 @@ from backend.io.images import TaskImage, read_task_image
 from backend.io.ls_client import call, has_note, make_client, note_task, read_task, read_tasks
 from backend.prelabel.detector import get_detector, non_max_suppression
 from backend.prelabel.regions import Region, prediction
-from backend.segmentation.prompts import Prompt
+from backend.segmentation.prompts import Prompt, checked_phrase
 from backend.segmentation.registry import EVERYTHING
 from backend.segmentation.service import SegmentationService, get_segmentation, task_image_url
 
@@ -57,13 +57,20 @@ def category_prompts(config: LabelConfig, settings: Settings, task: dict | None 
             texts = aliases.get(label, label)
             for text in [texts] if isinstance(texts, str) else texts:
                 pairs.append((label, str(text)))
+    if len(pairs) > settings.max_prompt_phrases:
+        raise ConfigError(f"the labeling config and CATEGORY_ALIASES give {len(pairs)} text prompts; at most "
+                          f"MAX_PROMPT_PHRASES={settings.max_prompt_phrases}", "label_config")
     data = (task or {}).get("data") or {}
     extra = data.get(settings.prompt_field) if settings.prompt_field else None
     if isinstance(extra, str) and extra.strip() and pairs:
+        where = f"task {(task or {}).get('id')} {settings.prompt_field}"
+        texts = [t.strip() for t in extra.replace(";", ",").split(",") if t.strip()]
+        if len(pairs) + len(texts) > settings.max_prompt_phrases:
+            raise InputError(f"{len(texts)} phrases in the {settings.prompt_field} field; with the labels' "
+                             f"{len(pairs)} at most MAX_PROMPT_PHRASES={settings.max_prompt_phrases}", where)
         label = config.outputs[0].labels[0] if len(config.outputs[0].labels) == 1 else None
-        for text in (t.strip() for t in extra.replace(";", ",").split(",")):
-            if text:
-                pairs.append((label or _closest_label(text, config), text))
+        for text in texts:
+            pairs.append((label or _closest_label(text, config), checked_phrase(text, where)))
     return pairs
 
 

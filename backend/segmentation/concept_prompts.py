@@ -17,12 +17,11 @@ import numpy as np
 
 from backend.core.errors import InputError
 from backend.core.label_config import LabelConfig
-from backend.segmentation.prompts import BOX_TYPES, is_negative, rectangle_bounds
+from backend.segmentation.prompts import BOX_TYPES, checked_phrase, is_negative, rectangle_bounds
 from backend.segmentation.sam3 import ConceptQuery
 
 TEXT_TYPES = ("textarea",)
 EXEMPLAR_MARK = "exemplar"  # in the name of the exemplar RectangleLabels control
-MAX_PHRASE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -93,8 +92,8 @@ def parse_concept_context(context: object, config: LabelConfig, max_boxes: int =
         raise InputError(f"{len(boxes)} exemplar boxes in one request; at most MAX_PROMPT_POINTS={max_boxes}",
                          "context")
     text = texts[-1] if texts else None  # the phrase just submitted
-    if text is not None and len(text) > MAX_PHRASE_CHARS:
-        raise InputError(f"the phrase has {len(text)} characters; at most {MAX_PHRASE_CHARS}", "context")
+    if text is not None:
+        checked_phrase(text, "context")
     if text is None and not any(box[4] for box in boxes):
         raise InputError("exemplar boxes are all negative: draw at least one box around an example to find", "context")
     if text is not None and box_label is None:

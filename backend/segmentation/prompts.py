@@ -92,6 +92,21 @@ def rectangle_bounds(value: dict, where: str) -> tuple[float, float, float, floa
     return max(x0, 0.0), max(y0, 0.0), min(x1, 100.0), min(y1, 100.0)
 
 
+MAX_PHRASE_CHARS = 200  # one text prompt (a typed phrase, a caption's phrase)
+
+
+def checked_phrase(text: str, where: str) -> str:
+    """A text prompt as the tokenizers take it: InputError for one too long or not encodable as UTF-8 (a lone
+    surrogate made the tokenizer raise TypeError)."""
+    if len(text) > MAX_PHRASE_CHARS:
+        raise InputError(f"the phrase has {len(text)} characters; at most {MAX_PHRASE_CHARS}", where)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("the phrase is not valid text (it holds a lone surrogate)", where)
+    return text
+
+
 def is_negative(item: dict, label: str | None) -> bool:
     """A negative prompt: Alt/Option-clicked (`is_positive: false`), or labeled Negative / Exclude / Not ..."""
     lowered = (label or "").strip().lower()
