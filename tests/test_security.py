@@ -507,3 +507,23 @@ def test_bad_setting_values_are_named_at_start(tmp_path):
     for expected in ("PRELABEL_MODE='bogus' is not one of categories, everything, off", "DEVICE='gpu'",
                      "MAX_DOWNLOAD_MB must be positive", "IMAGE_URL_HOSTS entry 'bad host'"):
         assert expected in text, text
+
+
+def test_patterns_take_no_trailing_newline_and_ipv4_inside_ipv6_is_not_public(grabcut_client):
+    from backend.io.download import DownloadPolicy, UrlRefusedError
+
+    assert grabcut_client.get("/jobs/abc%0a").status_code == 400  # was accepted: `$` matches before a newline
+    assert grabcut_client.post("/setup", json={"project": "3\n"}).status_code == 400
+    policy = DownloadPolicy(Settings(image_url_hosts="*"))
+    for host in ("[::127.0.0.1]", "[::ffff:127.0.0.1]", "[::ffff:10.0.0.1]", "[::10.0.0.1]", "127.0.0.1"):
+        with pytest.raises(UrlRefusedError, match="private, loopback"):
+            policy.route(f"http://{host}/a.png")
+    assert policy.route("http://[2606:4700::1111]/a.png").public_only  # a public one goes on to the connect check
+
+
+def test_train_generator_refuses_zero_steps(capsys):
+    from backend.synthesis.lora import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--project", "1", "--steps", "0"])
+    assert exit_.value.code == 2 and "--steps must be at least 1" in capsys.readouterr().err

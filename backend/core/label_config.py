@@ -10,7 +10,7 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from backend.core.errors import InputError
 
-DATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")  # a task data field name ($image), safe in file names
+DATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")  # a task data field name ($image), safe in file names
 OUTPUT_TAGS = ("BrushLabels", "PolygonLabels")  # in order of preference
 PROMPT_TAGS = ("KeyPointLabels", "RectangleLabels", "KeyPoint", "Rectangle")
 

@@ -22,7 +22,7 @@ from backend.core.errors import InputError
 from backend.core.files import write_atomic
 from backend.core.settings import Settings
 
-_NAME = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"^v(\d+)\Z")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ deadline (DOWNLOAD_TIMEOUT, in seconds, for all hops and the whole body) and a b
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import logging
 import re
 import time
@@ -33,7 +34,7 @@ from backend.core.settings import Settings
 logger = logging.getLogger(__name__)
 
 # Label Studio's media paths: uploads, local-files serving, the storage proxy, cloud presigning.
-_LS_MEDIA_PATH = re.compile(r"^/(data/upload/|data/local-files/?$|storage-data/|tasks/\d+/presign/?$)")
+_LS_MEDIA_PATH = re.compile(r"^/(data/upload/|data/local-files/?\Z|storage-data/|tasks/\d+/presign/?\Z)")
 _CHUNK = 1 << 16
 
 
@@ -57,6 +58,21 @@ def _origin(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, (parts.hostname or "").rstrip(".").lower(), port
+
+
+def _public_literal(host: str) -> bool:
+    """False for an IP literal that is not public, IPv4 inside IPv6 included (`::127.0.0.1`, which Python calls
+    global, and `::ffff:10.0.0.1`); True for names (their addresses are checked on connecting)."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or (ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+                                           if int(address) >> 32 == 0 else None)  # ::a.b.c.d (IPv4-compatible)
+        if embedded is not None:
+            return embedded.is_global
+    return address.is_global
 
 
 def _split_pattern(pattern: str) -> tuple[str, int | None]:
@@ -89,6 +105,9 @@ class DownloadPolicy:
             if "*" not in pattern and pattern == host:
                 return Route(False, False, False, True)
             if "*" in pattern and fnmatch.fnmatchcase(host, pattern):
+                if not _public_literal(host):
+                    raise UrlRefusedError("the host is a private, loopback or link-local address; name it exactly "
+                                          "in IMAGE_URL_HOSTS to allow it", short_url(url))
                 return Route(True, False, False, False)
         if after_label_studio:  # e.g. a presigned cloud storage URL that Label Studio redirected to
             return Route(True, False, False, False)

@@ -26,7 +26,7 @@ from segment_anything.build_sam import _build_sam  # noqa: E402
 from segment_anything.modeling import Sam  # noqa: E402
 
 logger = logging.getLogger(__name__)
-_HASH_IN_NAME = re.compile(r"_([0-9a-f]{6,})\.pth?$")  # sam_vit_b_01ec64.pth: the start of its MD5
+_HASH_IN_NAME = re.compile(r"_([0-9a-f]{6,})\.pth?\Z")  # sam_vit_b_01ec64.pth: the start of its MD5
 OFFICIAL_MD5 = {  # the full MD5 of the official SAM files (their names carry its first 6 hex digits)
     "sam_vit_b_01ec64.pth": "01ec64d29a2fca3f0661936605ae66f8",
     "sam_vit_l_0b3195.pth": "0b3195507c641ddb6910d2bb5adee89c",

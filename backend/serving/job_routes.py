@@ -12,7 +12,7 @@ from backend.core.jobs import get_queue
 from backend.core.label_config import DATA_KEY
 from backend.core.settings import get_settings
 
-JOB_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # ours are 12 hex digits, RQ's are UUIDs
+JOB_ID = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")  # ours are 12 hex digits, RQ's are UUIDs
 
 
 def _ids(value: object, where: str) -> list[int]:

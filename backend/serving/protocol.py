@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 TRAIN_EVENTS = (
     "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED", "START_TRAINING",
 )
-_PROJECT = re.compile(r"^\d{1,12}(\.\d{1,20})?$")
+_PROJECT = re.compile(r"^\d{1,12}(\.\d{1,20})?\Z")
 MAX_EXTRA_PARAMS_BYTES = 64 << 10
 
 

@@ -22,7 +22,7 @@ from backend.core.errors import InputError
 from backend.core.files import write_atomic
 from backend.core.versions import ActivePointer
 
-_NAME = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"^v(\d+)\Z")
 WEIGHTS = "pytorch_lora_weights.safetensors"
 
 

@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the versions and their held-out losses")
     parser.add_argument("--activate", help="make a version (vN) or the base model (base) the one synthesis uses")
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = get_settings()
     engine = args.engine or settings.synthesis_engine
@@ -318,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                           "versions": [v.meta for v in versions.list()]}, indent=2))
         return 0
     config = None
-    if args.steps:
+    if args.steps is not None:
         config = LoraTraining(rank=settings.generator_lora_rank, steps=args.steps,
                               learning_rate=settings.generator_learning_rate,
                               size=settings.generator_train_size or settings.synthesis_size)
