@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from backend.core.errors import BackendError, InputError, is_configuration_problem
+from backend.core.errors import BackendError, InputError, StorageError, is_configuration_problem
 from backend.core.jobs import get_queue
 from backend.core.label_config import parse_label_config
 from backend.core.settings import get_settings
@@ -59,6 +59,13 @@ class SamBackend(LabelStudioMLBase):
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:
         """Keep the team's annotations; every TRAIN_EVERY of them (or START_TRAINING) queue a fine-tuning job."""
+        try:
+            return self._fit(event, data)
+        except OSError as exc:  # e.g. a read-only MODEL_DIR: the server's problem, said as such
+            raise StorageError(f"cannot keep annotations or training state in MODEL_DIR "
+                               f"({exc.strerror or type(exc).__name__})", "MODEL_DIR")
+
+    def _fit(self, event: str, data: dict) -> dict:
         settings = get_settings()
         annotation = data.get("annotation") or {}
         store = AnnotationStore(settings.model_dir)
@@ -74,6 +81,8 @@ class SamBackend(LabelStudioMLBase):
                 return {**response, "stored": False, "reason": "skipped task"}
             if is_generation_annotation(annotation):  # a synthesis request, not an object mask to learn from
                 task_id = (data.get("task") or {}).get("id")
+                if not self.project_id.isdigit() or not isinstance(task_id, int):
+                    raise InputError("a generation annotation needs its project's and task's ids", "/webhook")
                 job = get_queue().enqueue("backend.synthesis.generate.run_generation", int(self.project_id), task_id,
                                           annotation.get("id"))
                 return {**response, "stored": False, "job": job}

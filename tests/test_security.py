@@ -527,3 +527,53 @@ def test_train_generator_refuses_zero_steps(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--project", "1", "--steps", "0"])
     assert exit_.value.code == 2 and "--steps must be at least 1" in capsys.readouterr().err
+
+
+def _dds_of_unknown_pixel_format() -> bytes:
+    import struct
+
+    return (b"DDS " + struct.pack("<7I", 124, 0x1007, 8, 8, 0, 0, 0) + b"\0" * 44 + struct.pack("<2I", 32, 0x4)
+            + b"ZZZZ" + b"\0" * 20 + struct.pack("<5I", 0x1000, 0, 0, 0, 0) + b"\0" * 256)
+
+
+def _webhook(**fields) -> dict:
+    return {"action": "ANNOTATION_CREATED", "project": {"id": 1, "label_config": LABEL_CONFIG}, **fields}
+
+
+GENERATION = {"id": 3, "result": [{"type": "textarea", "from_name": "prompt", "value": {"text": ["a cat"]}}]}
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/depth", "[" * 100000 + "]" * 100000, 400, "nested too deeply"),
+    ("/train-generator", "[" * 100000 + "]" * 100000, 400, "nested too deeply"),
+    ("/webhook", _webhook(annotation="x", task={"id": 1}), 400, "'annotation' must be an object"),
+    ("/webhook", _webhook(annotation={"id": 1, "result": []}, task="x"), 400, "'task' must be an object"),
+    ("/webhook", {**_webhook(), "action": "ANNOTATIONS_DELETED", "annotations": "x"}, 400, "must be a list"),
+    ("/webhook", {**_webhook(annotation=GENERATION, task={"id": 1}), "project": {"id": "", "label_config": ""}},
+     400, "needs its project's and task's ids"),
+    ("/predict", predict_body("http://127.0.0.1:a:b/x.png", [keypoint(40, 50)]), 403, "port is not a number"),
+    ("/predict", predict_body("http://127.0.0.1:1.2/x.png", [keypoint(40, 50)]), 403, "port is not a number"),
+    ("/predict", predict_body(data_uri(_dds_of_unknown_pixel_format(), "image/x-dds"), [keypoint(40, 50)]), 422,
+     "not a readable image"),
+])
+def test_malformed_requests_are_clear_4xx_not_500(grabcut_client, path, body, status, message):
+    """Each answered 500 before (RecursionError, AttributeError, ValueError, NotImplementedError)."""
+    import json
+
+    data = body if isinstance(body, str) else json.dumps(body)
+    response = grabcut_client.post(path, data=data, content_type="application/json")
+    assert response.status_code == status and message in response.json["error"], response.json
+    assert grabcut_client.post("/predict", json=predict_body(data_uri(PNG), [keypoint(40, 50)])).status_code == 200
+
+
+def test_start_training_with_an_unwritable_model_dir_is_a_503_naming_it(configure, tmp_path):
+    """(Read-only for root too: MODEL_DIR is a file where a folder should be.)"""
+    models = tmp_path / "models"
+    models.write_text("not a folder")
+    configure(SAM_ENGINE="grabcut", MODEL_DIR=str(models))
+    import _wsgi
+
+    response = _wsgi.app.test_client().post("/webhook", json={"action": "START_TRAINING",
+                                                              "project": {"id": 4, "label_config": LABEL_CONFIG}})
+    assert response.status_code == 503 and "MODEL_DIR" in response.json["error"], response.json
+    assert str(tmp_path) not in response.get_data(as_text=True)

@@ -31,6 +31,12 @@ class ImageError(BackendError):
     status = 422
 
 
+class StorageError(BackendError):
+    """A folder the server writes to (MODEL_DIR, OUTPUT_DIR) cannot be written: the server's problem."""
+
+    status = 503
+
+
 class ModelUnavailableError(BackendError):
     """The configured model cannot be loaded (missing checkpoint, wrong file)."""
 

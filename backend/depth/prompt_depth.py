@@ -51,7 +51,7 @@ def decode_prompt_depth(data: bytes, png_scale: float, where: str, max_pixels: i
                 _check_size((header.height, header.width), 2, where, max_pixels, max_memory_mb)
         except Image.DecompressionBombError as exc:
             raise ImageError(f"prompt depth is larger than MAX_IMAGE_PIXELS ({exc})", where)
-        except (UnidentifiedImageError, OSError, ValueError):
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError):
             pass  # not an image PIL knows: cv2 says so below
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if decoded is None or decoded.ndim != 2:

@@ -93,6 +93,10 @@ class DownloadPolicy:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UrlRefusedError("only http:// and https:// URLs with a host are fetched", short_url(url))
+        try:
+            parts.port  # noqa: B018 - urllib raises ValueError for ':a:b', ':1.2', ':99999'
+        except ValueError:
+            raise UrlRefusedError("the URL's port is not a number from 1 to 65535", short_url(url))
         if parts.username is not None or parts.password is not None:
             raise UrlRefusedError("URLs with credentials in them are not fetched", short_url(url))
         origin = _origin(url)

@@ -89,7 +89,7 @@ class TaskImage:
                 array = browser_rgb(img)
         except Image.DecompressionBombError as exc:
             raise ImageError(f"image is larger than MAX_IMAGE_PIXELS={max_pixels}: {exc}", self.source)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError) as exc:
             raise ImageError(f"not a readable image ({exc})", self.source)
         if array.size == 0:
             raise ImageError("image is empty (0 pixels)", self.source)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify
 
 from backend.core.errors import InputError
 from backend.core.jobs import get_queue
 from backend.core.label_config import DATA_KEY
 from backend.core.settings import get_settings
+from backend.serving.protocol import json_body
 
 JOB_ID = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")  # ours are 12 hex digits, RQ's are UUIDs
 
@@ -25,8 +26,8 @@ def register(app: Flask) -> None:
     @app.post("/depth")
     def depth():
         """{"project": 3}, optionally "tasks": [17, 18], "image_key", "force": queue a depth job."""
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or "project" not in body:
+        body = json_body()
+        if "project" not in body:
             raise InputError('send {"project": ID} or {"project": ID, "tasks": [ID, ...]}', "/depth")
         image_key, force = body.get("image_key", "image"), bool(body.get("force", False))
         if not isinstance(image_key, str) or not DATA_KEY.match(image_key):
@@ -42,8 +43,8 @@ def register(app: Flask) -> None:
         """{"project": 3, "engine": "kandinsky"|"sd2"}: queue a domain LoRA training of the inpainting engine."""
         from backend.synthesis.inpainting import ENGINES
 
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or "project" not in body:
+        body = json_body()
+        if "project" not in body:
             raise InputError('send {"project": ID, "engine": "kandinsky" or "sd2"}', "/train-generator")
         [project] = _ids([body["project"]], "/train-generator project")
         engine = body.get("engine", get_settings().synthesis_engine)

@@ -55,7 +55,7 @@ def error_body(message: str, where: str, status: int) -> tuple[Response, str]:
     return jsonify(body), f"{status} {status_phrase(f'{where}: {message}' if where else message)}"
 
 
-def _json_body() -> dict:
+def json_body() -> dict:
     try:
         body = request.get_json(silent=True)
     except RecursionError:
@@ -187,7 +187,7 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
 
     @app.post("/setup")
     def setup():
-        data = _json_body()
+        data = json_body()
         schema = _optional(data, "schema", str, "/setup schema")
         extra = _extra_params(data)
         model = model_class(project_id=_project_id(data.get("project")), label_config=schema)
@@ -198,7 +198,7 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
 
     @app.post("/predict")
     def predict():
-        data = _json_body()
+        data = json_body()
         tasks = data.get("tasks")
         if not isinstance(tasks, list):
             raise InputError("'tasks' must be a list of Label Studio tasks", "/predict")
@@ -213,7 +213,7 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
 
     @app.post("/webhook")
     def webhook():
-        data = _json_body()
+        data = json_body()
         event = data.pop("action", None)
         project = data.get("project")
         if event not in TRAIN_EVENTS:
@@ -231,6 +231,8 @@ def create_app(model_class: type[LabelStudioMLBase], health_extra=None, metrics_
                                  "(README, Security)", "/webhook")
         if not isinstance(project, dict) or "id" not in project:
             raise InputError("webhook payload has no project object with an id", "/webhook")
+        for key, kind in (("annotation", dict), ("task", dict), ("annotations", list)):
+            _optional(data, key, kind, f"/webhook {key}")
         model = model_class(project_id=_project_id(project["id"]),
                             label_config=_optional(project, "label_config", str, "/webhook project"))
         result = model.fit(event, data)
