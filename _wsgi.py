@@ -49,7 +49,7 @@ def _health() -> dict:
 
 def _metrics() -> dict:
     service = get_segmentation()
-    return {"engine": service.engine.status(), "cache": service.cache.stats(), "worker": os.getpid(),
+    return {"engine": _engine_status(), "cache": service.cache.stats(), "worker": os.getpid(),
             **service.counters.snapshot()}
 
 

@@ -5,6 +5,7 @@ bounded, and the next good click is served."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import struct
 import subprocess
@@ -577,3 +578,36 @@ def test_start_training_with_an_unwritable_model_dir_is_a_503_naming_it(configur
                                                               "project": {"id": 4, "label_config": LABEL_CONFIG}})
     assert response.status_code == 503 and "MODEL_DIR" in response.json["error"], response.json
     assert str(tmp_path) not in response.get_data(as_text=True)
+
+
+def test_no_server_path_in_metrics_job_errors_or_task_notes(configure, tmp_path, monkeypatch):
+    configure(SAM_ENGINE="vit_b", MODEL_DIR=str(tmp_path / "models"), PRELOAD_MODEL="false")
+    import _wsgi
+
+    client = _wsgi.app.test_client()
+    client.get("/health")
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "SAM_CHECKPOINT" in metrics and str(tmp_path) not in metrics  # engine.problem named the full path
+
+    from backend.core.jobs import get_queue
+
+    job = get_queue().enqueue("os.listdir", str(tmp_path / "no" / "such" / "folder"))
+    with contextlib.suppress(FileNotFoundError):
+        get_queue().wait(job, timeout=10)
+    body = client.get(f"/jobs/{job}").json
+    assert body["status"] == "failed" and "folder" in body["error"] and str(tmp_path) not in body["error"], body
+
+    from backend.io import ls_client
+
+    written = []
+
+    class Tasks:
+        def update(self, id, data):  # noqa: A002 - the SDK's keyword
+            written.append(data)
+
+    class Client:
+        tasks = Tasks()
+
+    monkeypatch.setattr(ls_client, "read_task", lambda client, project, task: {"id": task, "data": {}})
+    ls_client.note_task(Client(), 1, 2, "depth", f"cannot read {tmp_path}/models/x.npy")
+    assert written == [{"backend_error": "depth failed: cannot read MODEL_DIR/x.npy"}]

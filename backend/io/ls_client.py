@@ -7,6 +7,7 @@ import logging
 import threading
 
 from backend.core.errors import BackendError, InputError
+from backend.core.logs import redact_paths
 from backend.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def note_task(client, project_id: int, task_id: int, feature: str, error: str | 
     try:
         task = read_task(client, project_id, task_id)
         data = task["data"]
-        for field, text in ((ERROR_FIELD, error and f"{feature} failed: {error}"),
+        for field, text in ((ERROR_FIELD, error and f"{feature} failed: {redact_paths(error)}"),
                             (STATUS_FIELD, status and f"{feature} {status}")):
             data = {**data, field: text} if text else without_note(data, feature, field)
         if data != task["data"]:

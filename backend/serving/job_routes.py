@@ -10,6 +10,7 @@ from flask import Flask, jsonify
 from backend.core.errors import InputError
 from backend.core.jobs import get_queue
 from backend.core.label_config import DATA_KEY
+from backend.core.logs import redact_paths
 from backend.core.settings import get_settings
 from backend.serving.protocol import json_body
 
@@ -60,6 +61,8 @@ def register(app: Flask) -> None:
             raise InputError("not a job id", "/jobs")
         queue = get_queue()
         status = queue.status(job_id)
+        if status.get("error"):  # no server paths for the caller
+            status["error"] = redact_paths(str(status["error"]))
         children = (status.get("result") or {}).get("jobs") if isinstance(status.get("result"), dict) else None
         if isinstance(children, dict):  # a job that queued one job per task: their states, counted
             status["progress"] = dict(Counter(queue.status(child)["status"] for child in children.values()))
