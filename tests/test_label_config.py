@@ -54,3 +54,21 @@ def test_every_shipped_config_is_well_formed_xml():
     for path in configs:
         ElementTree.fromstring(path.read_text())  # Label Studio refuses what does not parse
         assert LabelInterface(path.read_text()).get_object("image") is not None, path
+
+
+def test_the_config_cache_keeps_digests_not_configs_and_refuses_huge_configs():
+    """140 distinct 9 MB configs grew a worker by 0.68 GB: the cache held every config string."""
+    import tracemalloc
+
+    from backend.core.label_config import MAX_CONFIG_BYTES
+
+    with pytest.raises(InputError, match="larger than 1024 KB"):
+        parse_label_config(LABEL_CONFIG + "<!--" + "x" * MAX_CONFIG_BYTES + "-->")
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for index in range(30):  # 30 distinct configs of 500 KB: 15 MB if they were kept
+        parse_label_config(LABEL_CONFIG + f"<!-- {index} " + "x" * 500_000 + " -->")
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 5 << 20, grown
+    assert all(len(key) == 64 for key in parse_label_config.cache)

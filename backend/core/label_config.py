@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 
+from cachetools import LRUCache, cached
 from label_studio_sdk.label_interface import LabelInterface
 
 from backend.core.errors import InputError
@@ -48,11 +50,21 @@ class LabelConfig:
         raise InputError(f"unknown label '{label}': not in {names} (labels: {known})", "context")
 
 
-@lru_cache(maxsize=64)
+MAX_CONFIG_BYTES = 1 << 20  # Label Studio's configs are a few KB; a 9 MB one is an attack on memory
+
+
+def _digest(config: str) -> str:
+    return hashlib.sha256(config.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@cached(LRUCache(maxsize=64), key=_digest, lock=threading.Lock())  # keyed by digest: configs are not kept
 def parse_label_config(config: str) -> LabelConfig:
     """Parse a labeling config; InputError when it has no Image with a BrushLabels or PolygonLabels control."""
     if not config or not config.strip():
         raise InputError("empty labeling config", "label_config")
+    if len(config) > MAX_CONFIG_BYTES:
+        raise InputError(f"labeling config of {len(config) >> 10} KB is larger than {MAX_CONFIG_BYTES >> 10} KB",
+                         "label_config")
     try:
         interface = LabelInterface(config)
     except Exception as exc:
