@@ -139,3 +139,53 @@ def test_every_image_mode_is_read_as_the_browser_shows_it(settings):
 
     gray = read_task_image(data_uri(_png(Image.fromarray(np.full((5, 5), 77, np.uint8)))), settings).decode()
     assert gray.shape == (5, 5, 3) and (gray == 77).all()
+
+
+MEASURE = """
+import io, sys
+sys.path.insert(0, sys.argv[2])
+from backend.io.images import TaskImage, decode_bytes
+from PIL import Image
+
+def status(name):  # kB in /proc/self/status
+    return int(next(line for line in open("/proc/self/status") if line.startswith(name)).split()[1]) * 1024
+
+data = open(sys.argv[1], "rb").read()
+with Image.open(io.BytesIO(data)) as img:
+    estimate = decode_bytes(img)
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from the current size
+base = status("VmRSS")
+TaskImage(data=data, source="x").decode(10**9, 10**6)
+print(estimate, status("VmHWM") - base)
+"""
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "PT", "I;16"])
+def test_the_decode_memory_estimate_covers_the_measured_peak(mode, tmp_path):
+    """MAX_IMAGE_MEMORY_MB and MEMORY_BUDGET_MB work from this estimate: it must not be under the real peak (an
+    8000^2 16-bit PNG peaked at 1.71 GB against a 0.98 GB estimate), nor far over it."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.processes import ROOT
+
+    rng = np.random.default_rng(0)
+    side = 3000
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65535, (side, side), dtype=np.uint16))
+    elif mode in ("P", "PT"):
+        image = Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).quantize(32)
+        if mode == "PT":
+            image.info["transparency"] = 0
+    else:
+        channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+        image = Image.fromarray(rng.integers(0, 255, (side, side, channels), dtype=np.uint8).squeeze())
+    path = tmp_path / "image.png"
+    image.save(path, transparency=0) if mode == "PT" else image.save(path)
+    run = subprocess.run([sys.executable, "-c", MEASURE, str(path), str(ROOT)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    estimate, measured = map(int, run.stdout.split())
+    assert measured <= estimate <= 2.5 * measured, (mode, estimate / side**2, measured / side**2)

@@ -611,3 +611,61 @@ def test_no_server_path_in_metrics_job_errors_or_task_notes(configure, tmp_path,
     monkeypatch.setattr(ls_client, "read_task", lambda client, project, task: {"id": task, "data": {}})
     ls_client.note_task(Client(), 1, 2, "depth", f"cannot read {tmp_path}/models/x.npy")
     assert written == [{"backend_error": "depth failed: cannot read MODEL_DIR/x.npy"}]
+
+
+def test_one_memory_budget_across_concurrent_requests(configure):
+    """8 concurrent clicks on 16-bit 6000x6000 PNGs (80 KB each) took a worker to 4.8 GB, each within the
+    per-request limit. Decoding reserves its estimate in the worker's MEMORY_BUDGET_MB: while other requests
+    hold it, a click waits briefly, then answers 503 "busy" naming the setting; the next one is served."""
+    import numpy as np
+
+    from backend.core.memory_budget import memory_budget
+
+    configure(SAM_ENGINE="grabcut", MEMORY_BUDGET_MB="1100", MAX_IMAGE_MEMORY_MB="1024")
+    import _wsgi
+
+    client = _wsgi.app.test_client()
+    big = data_uri(encode_image(np.zeros((6000, 6000), np.uint16)))  # a 16-bit PNG: tens of KB, 504 MB to decode
+    body = predict_body(big, [keypoint(40, 50, width=6000, height=6000)])
+    held, release = threading.Event(), threading.Event()
+
+    def other_requests() -> None:  # two requests' worth of decoding in flight elsewhere in this worker
+        with memory_budget(1100).reserve(900 << 20, "other requests"):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=other_requests)
+    holder.start()
+    held.wait(5)
+    started = time.monotonic()
+    response = client.post("/predict", json=body)
+    waited = time.monotonic() - started
+    release.set()
+    holder.join()
+    assert response.status_code == 503 and "busy" in response.json["error"], response.json
+    assert "MEMORY_BUDGET_MB" in response.json["error"] and "busy" in response.status
+    assert 1.5 < waited < 10, waited  # it waited for memory to come back before refusing
+    assert client.post("/predict", json=body).status_code == 200  # the budget free again: served
+    assert memory_budget(1100).used == 0
+
+
+def test_a_request_that_fits_once_others_finish_waits_instead_of_failing():
+    from backend.core.memory_budget import BusyError, MemoryBudget
+
+    budget = MemoryBudget(100)
+    done = []
+
+    def hold() -> None:
+        with budget.reserve(80, "first"):
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    time.sleep(0.1)
+    with budget.reserve(50, "second"):  # waits ~0.4 s for the first to finish, then runs
+        done.append(budget.used)
+    thread.join()
+    assert done == [50] and budget.used == 0
+    with pytest.raises(BusyError, match="more than MEMORY_BUDGET_MB"):
+        with budget.reserve(101, "too much"):
+            pass

@@ -62,6 +62,7 @@ class Settings:
     local_files_document_root: str = ""  # plain local paths in task data are read only below this folder
     max_image_pixels: int = 200_000_000  # larger images are refused
     max_image_memory_mb: int = 1024  # images whose decoding needs more memory are refused
+    memory_budget_mb: int = 3072  # per worker: decoding and phrase work of concurrent requests together; then 503
     download_timeout: float = 30.0  # seconds for one image download, all redirects and the whole body
     max_request_mb: int = 32  # larger request bodies answer 413
     max_prompt_points: int = 64  # clicks in one interactive request
@@ -149,9 +150,12 @@ class Settings:
                             "leave the server open)")
         for name in ("download_timeout", "max_download_mb", "max_request_mb", "max_prompt_points",
                      "max_image_pixels", "max_image_memory_mb", "max_annotation_kb", "max_project_annotations",
-                     "predict_budget", "max_prompt_phrases"):
+                     "predict_budget", "max_prompt_phrases", "memory_budget_mb"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
+        if self.memory_budget_mb < self.max_image_memory_mb:
+            problems.append(f"MEMORY_BUDGET_MB={self.memory_budget_mb} must be at least MAX_IMAGE_MEMORY_MB="
+                            f"{self.max_image_memory_mb} (else an allowed image could never be decoded)")
         for name in ("max_redirects", "image_cache_mb", "embedding_disk_mb", "train_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name.upper()} must not be negative, got {getattr(self, name)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import logging
@@ -24,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from backend.core.errors import ImageError, InputError
 from backend.core.files import BoundedFolder
+from backend.core.memory_budget import MemoryBudget, memory_budget
 from backend.core.settings import Settings
 from backend.core.single_flight import SingleFlight
 from backend.io.download import Download, UrlRefusedError, short_url
@@ -33,7 +35,18 @@ logger = logging.getLogger(__name__)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:")
 _LABEL_STUDIO_PREFIXES = ("/data/", "data/upload", "/upload", "upload/", "/storage-data/", *_CLOUD_PREFIXES)
-DECODE_BYTES_PER_PIXEL = 16  # peak seen for PIL decode + RGB conversion + numpy copy (14 B/px at 36 MP)
+# Peak bytes per pixel of decoding to HxWx3 RGB (PIL's image, conversions, numpy copies), by PIL mode; measured
+# on 16 MP PNGs (RGB 18.1, RGBA 26.1, L and P 12.1, I;16 12.1) plus ~10 %: tests/test_images.py checks each
+# against a measured peak.
+DECODE_BYTES_PER_PIXEL = {"RGB": 20, "RGBA": 29, "LA": 29, "PA": 29, "La": 29, "RGBa": 29, "L": 14, "P": 14,
+                          "1": 14, "I;16": 14, "I;16L": 14, "I;16B": 14, "I;16N": 14, "I": 20, "F": 30}
+DEFAULT_BYTES_PER_PIXEL = 24  # any other mode (CMYK, YCbCr, LAB, ...)
+
+
+def decode_bytes(img: Image.Image) -> int:
+    """Estimated peak memory of decoding `img` (opened, not yet loaded) to RGB."""
+    mode = "RGBA" if img.mode == "P" and "transparency" in img.info else img.mode
+    return img.width * img.height * DECODE_BYTES_PER_PIXEL.get(mode, DEFAULT_BYTES_PER_PIXEL)
 MIN_IMAGE_PIXELS = 64  # smaller images have nothing to segment (a 1x1 image gave a mask of score 0, no word)
 
 
@@ -52,21 +65,24 @@ class TaskImage:
         return hashlib.sha256(self.data).hexdigest()
 
     def pixels(self, settings: Settings) -> np.ndarray:
-        """`decode` within the settings' limits (MAX_IMAGE_PIXELS, MAX_IMAGE_MEMORY_MB), for the models: an image too
-        small to segment is refused."""
-        array = self.decode(settings.max_image_pixels, settings.max_image_memory_mb)
+        """`decode` within the settings' limits (MAX_IMAGE_PIXELS, MAX_IMAGE_MEMORY_MB, and the worker's
+        MEMORY_BUDGET_MB across concurrent requests), for the models: an image too small to segment is refused."""
+        array = self.decode(settings.max_image_pixels, settings.max_image_memory_mb,
+                            memory_budget(settings.memory_budget_mb))
         height, width = array.shape[:2]
         if height * width < MIN_IMAGE_PIXELS:
             raise ImageError(f"image is {width}x{height} pixels: too small to segment (fewer than {MIN_IMAGE_PIXELS} "
                              "pixels)", self.source)
         return array
 
-    def decode(self, max_pixels: int = 200_000_000, max_memory_mb: int = 1024) -> np.ndarray:
+    def decode(self, max_pixels: int = 200_000_000, max_memory_mb: int = 1024,
+               budget: MemoryBudget | None = None) -> np.ndarray:
         """HxWx3 uint8 RGB, EXIF orientation applied (as the browser shows it); read-only, decoded once
-        (the detector and the encoder of a pre-labeled task share it)."""
+        (the detector and the encoder of a pre-labeled task share it). The decoding's estimated peak is
+        reserved in `budget` while it runs."""
         if max_pixels not in self._decoded:
             try:
-                array = self._decode(max_pixels, max_memory_mb)
+                array = self._decode(max_pixels, max_memory_mb, budget)
             except ImageError:
                 if self.cache is not None:  # a cached download that does not decode is fetched again next time
                     self.cache.discard(self.cache_key)
@@ -75,18 +91,19 @@ class TaskImage:
             self._decoded[max_pixels] = array
         return self._decoded[max_pixels]
 
-    def _decode(self, max_pixels: int, max_memory_mb: int) -> np.ndarray:
+    def _decode(self, max_pixels: int, max_memory_mb: int, budget: MemoryBudget | None) -> np.ndarray:
         Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             with Image.open(io.BytesIO(self.data)) as img:
-                pixels = img.width * img.height
-                if pixels > max_pixels:
+                if img.width * img.height > max_pixels:
                     raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
-                needed_mb = pixels * DECODE_BYTES_PER_PIXEL / (1 << 20)
-                if needed_mb > max_memory_mb:
-                    raise ImageError(f"decoding this {img.width}x{img.height} image needs about {needed_mb:.0f} MB, "
+                needed = decode_bytes(img)
+                if needed > max_memory_mb << 20:
+                    raise ImageError(f"decoding this {img.width}x{img.height} image needs about {needed >> 20} MB, "
                                      f"more than MAX_IMAGE_MEMORY_MB={max_memory_mb}", self.source)
-                array = browser_rgb(img)
+                with budget.reserve(needed, f"decoding a {img.width}x{img.height} image") if budget else \
+                        contextlib.nullcontext():
+                    array = browser_rgb(img)
         except Image.DecompressionBombError as exc:
             raise ImageError(f"image is larger than MAX_IMAGE_PIXELS={max_pixels}: {exc}", self.source)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError) as exc:
@@ -102,8 +119,11 @@ def browser_rgb(img: Image.Image) -> np.ndarray:
     grayscale converted."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grayscale (PIL opens PNGs as I;16 or I)
-        values = np.asarray(img, dtype=np.float64)
-        return np.repeat(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+        values = np.asarray(img, dtype=np.int64 if img.mode == "I" else np.uint32)  # integers: no float64 copy
+        np.clip(values, 0, 65535, out=values)
+        values += 128
+        values //= 257  # round(v / 257) for integers (v / 257 is never exactly k + 0.5)
+        return np.repeat(values.astype(np.uint8)[..., None], 3, axis=2)
     if img.mode == "F":
         values = np.asarray(img, dtype=np.float64)
         return np.repeat(np.clip(np.round(values), 0, 255).astype(np.uint8)[..., None], 3, axis=2)

@@ -20,6 +20,7 @@ from backend.core.errors import BackendError, is_configuration_problem
 from backend.core.jobs import get_queue
 from backend.core.label_config import LabelConfig, parse_label_config
 from backend.core.logs import failure_text
+from backend.core.memory_budget import BusyError
 from backend.core.problems import configuration_problems
 from backend.core.settings import Settings, get_settings
 from backend.io.ls_client import has_note, make_client, note_task
@@ -75,6 +76,9 @@ def _predict_one(task: object, task_id: int | None, config: LabelConfig, setting
     except Exception as exc:
         if is_configuration_problem(exc):
             raise
+        if isinstance(exc, BusyError):  # the worker's moment, not the task's: no prediction, no note; asked again
+            logger.warning("pre-labeling task %s put off: %s", task_id, exc)
+            return []
         error = failure_text(exc, f"pre-labeling task {task_id}", logger)
         logger.warning("pre-labeling task %s failed: %s", task_id, error)
         prediction = {"result": []}

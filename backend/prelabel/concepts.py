@@ -8,6 +8,7 @@ import time
 
 from backend.core.errors import ModelUnavailableError
 from backend.core.label_config import LabelConfig
+from backend.core.memory_budget import memory_budget
 from backend.core.settings import Settings, get_settings
 from backend.io.images import TaskImage, read_task_image
 from backend.prelabel.detector import Detection, non_max_suppression
@@ -16,6 +17,8 @@ from backend.prelabel.run import labeled_prompts, log_found
 from backend.segmentation.concept_prompts import ConceptRequest
 from backend.segmentation.sam3 import ConceptQuery, Instance
 from backend.segmentation.service import SegmentationService, get_segmentation, task_image_url
+
+PHRASE_BYTES = 3 << 20  # SAM 3's text encoder and heads per phrase (5000 phrases took 11.1 GB: ~2.2 MB each)
 
 
 def find_concepts(service: SegmentationService, image: TaskImage, queries: list[ConceptQuery],
@@ -32,7 +35,8 @@ def find_concepts(service: SegmentationService, image: TaskImage, queries: list[
             "SAM3_CHECKPOINT")
     embedding = concepts.embedding(image)
     started = time.perf_counter()
-    found = segmenter.concepts(embedding, queries, settings.detector_threshold, settings.max_detections)
+    with memory_budget(settings.memory_budget_mb).reserve(len(queries) * PHRASE_BYTES, f"{len(queries)} phrases"):
+        found = segmenter.concepts(embedding, queries, settings.detector_threshold, settings.max_detections)
     service.counters.add("concept_runs", time.perf_counter() - started)
     return found
 
