@@ -17,3 +17,14 @@ def post_worker_init(worker) -> None:
     from backend.segmentation.service import preload_in_background
 
     preload_in_background()
+
+
+def worker_exit(server, worker) -> None:
+    """A stopping worker does not wait for a running in-process job (a training outlived its master by 13 min):
+    queued jobs are canceled, the running one recorded as failed, and the process ends now."""
+    import os
+
+    from backend.core import jobs
+
+    if isinstance(jobs._queue, jobs.InProcessQueue) and jobs._queue.shutdown():
+        os._exit(0)  # without joining the job's thread

@@ -103,3 +103,63 @@ def test_a_job_that_queued_jobs_shows_their_progress(grabcut_client):
     queue.wait(parent, timeout=10)
     body = grabcut_client.get(f"/jobs/{parent}").json
     assert body["status"] == "finished" and body["progress"] == {"finished": 1, "unknown": 1}
+
+
+def test_queues_are_bounded_and_trainings_are_one_per_project(grabcut_client, monkeypatch):
+    """50 /train-generator calls queued 50 trainings; /depth took 100k task ids into the only job thread."""
+    import threading
+
+    from backend.core import jobs
+
+    gate = threading.Event()
+    queue = InProcessQueue(max_queued=3)
+    monkeypatch.setattr(jobs, "_queue", queue)
+    queue.enqueue("tests.test_jobs.hold", gate)  # runs, holding the only thread
+    answers = [grabcut_client.post("/train-generator", json={"project": 5, "engine": "sd2"}) for _ in range(50)]
+    assert {a.status_code for a in answers} == {202} and len({a.json["jobs"][0] for a in answers}) == 1
+    other = grabcut_client.post("/train-generator", json={"project": 6, "engine": "sd2"})
+    assert other.status_code == 202 and other.json["jobs"] != answers[0].json["jobs"]
+    full = grabcut_client.post("/depth", json={"project": 7})
+    assert full.status_code == 503 and "MAX_QUEUED_JOBS=3" in full.json["error"]
+    many = grabcut_client.post("/depth", json={"project": 7, "tasks": list(range(100_001))})
+    assert many.status_code == 400 and "at most 10000" in many.json["error"]
+    queue.shutdown()
+    gate.set()
+
+
+def test_a_job_whose_process_died_reads_failed_from_any_worker(tmp_path):
+    """After kill -9 jobs stayed started or queued forever; a stopping worker's jobs said nothing."""
+    import json
+    import subprocess
+    import sys
+
+    folder = tmp_path / "jobs"
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import threading, time\n"
+              "from backend.core.jobs import InProcessQueue\n"
+              f"q = InProcessQueue(folder={str(folder)!r})\n"
+              "gate = threading.Event()\n"
+              "print(q.enqueue('tests.test_jobs.hold', gate), q.enqueue('json.loads', '1'), flush=True)\n"
+              "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    started, queued = proc.stdout.readline().split()
+    other_worker = InProcessQueue(folder=folder)
+    assert other_worker.status(started)["status"] == "started"
+    proc.kill()
+    proc.wait()
+    for job in (started, queued):
+        status = other_worker.status(job)
+        assert status["status"] == "failed" and "ended before it did" in status["error"], status
+
+    stopping = InProcessQueue(folder=folder)
+    import threading
+
+    gate = threading.Event()
+    running = stopping.enqueue("tests.test_jobs.hold", gate)
+    waiting = stopping.enqueue("json.loads", "1")
+    import time
+
+    time.sleep(0.2)
+    assert stopping.shutdown() is True
+    assert json.loads(stopping.records.read(running))["status"] == "failed"  # (its process exits right after)
+    assert other_worker.status(waiting)["status"] == "canceled"
+    gate.set()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import traceback
@@ -23,6 +25,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from backend.core.errors import BackendError
 from backend.core.files import BoundedFolder
 from backend.core.settings import Settings, get_settings
 
@@ -30,6 +33,22 @@ logger = logging.getLogger(__name__)
 QUEUE_NAME = "backend"
 KEEP_IN_MEMORY = 1000  # futures of this process's most recent jobs
 ACTIVE = ("queued", "started", "deferred", "scheduled")  # a job in these states has yet to end
+
+
+class QueueFullError(BackendError):
+    """MAX_QUEUED_JOBS jobs wait already: the caller should try again later."""
+
+    status = 503
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 class OnceByKey:
@@ -72,8 +91,10 @@ class InProcessQueue(OnceByKey):
 
     kind = "in-process"
 
-    def __init__(self, workers: int = 1, folder: Path | str | None = None, max_bytes: int = 64 << 20):
+    def __init__(self, workers: int = 1, folder: Path | str | None = None, max_bytes: int = 64 << 20,
+                 max_queued: int = 1000):
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        self.max_queued = max_queued
         self._jobs: OrderedDict[str, tuple[str, Future]] = OrderedDict()
         self._lock = threading.Lock()
         self._once_lock = threading.Lock()
@@ -89,8 +110,39 @@ class InProcessQueue(OnceByKey):
         return self._keys.get(key)
 
     def _record(self, job_id: str, body: dict) -> None:
+        """Write the job's state for every worker process; a queued or started one names its process, so that
+        another process can tell a job whose process died from one still under way."""
         if self.records is not None:
+            if body["status"] in ACTIVE:
+                body = {**body, "pid": os.getpid(), "host": socket.gethostname()}
             self.records.write(job_id, json.dumps(body, default=str).encode())
+
+    def _recorded(self, job_id: str) -> dict:
+        blob = self.records.read(job_id) if self.records is not None else None
+        if not blob:
+            return {"id": job_id, "status": "unknown"}
+        body = json.loads(blob)
+        pid, host = body.pop("pid", None), body.pop("host", None)
+        if body["status"] in ACTIVE and host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+            return {**body, "status": "failed", "error": "the worker process that held this job ended before it "
+                                                         "did (killed or restarted); run it again"}
+        return body
+
+    def shutdown(self) -> bool:
+        """The worker process is stopping: jobs not started are canceled, a running one is recorded as failed
+        (the process need not wait for it: gunicorn.conf.py's worker_exit). True when one was running."""
+        running = False
+        with self._lock:
+            entries = list(self._jobs.items())
+        for job_id, (func_path, future) in entries:
+            if future.cancel():
+                self._record(job_id, {"id": job_id, "function": func_path, "status": "canceled"})
+            elif future.running():
+                running = True
+                self._record(job_id, {"id": job_id, "function": func_path, "status": "failed",
+                                      "error": "the worker process stopped while this job ran; run it again"})
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        return running
 
     def enqueue(self, func_path: str, *args, **kwargs) -> str:
         job_id = uuid.uuid4().hex[:12]
@@ -108,8 +160,12 @@ class InProcessQueue(OnceByKey):
             self._record(job_id, finished(base, result))
             return result
 
-        self._record(job_id, {**base, "status": "queued"})
         with self._lock:
+            waiting = sum(not future.done() for _, future in self._jobs.values())
+            if waiting >= self.max_queued:
+                raise QueueFullError(f"{waiting} jobs are queued in this worker; at most MAX_QUEUED_JOBS="
+                                     f"{self.max_queued}: try again when some have run", "queue")
+            self._record(job_id, {**base, "status": "queued"})
             self._jobs[job_id] = (func_path, self._executor.submit(run))
             while len(self._jobs) > KEEP_IN_MEMORY:
                 oldest, (_, future) = next(iter(self._jobs.items()))
@@ -123,8 +179,7 @@ class InProcessQueue(OnceByKey):
         with self._lock:
             entry = self._jobs.get(job_id)
         if entry is None:  # another worker process's job, or one this process no longer holds
-            blob = self.records.read(job_id) if self.records is not None else None
-            return json.loads(blob) if blob else {"id": job_id, "status": "unknown"}
+            return self._recorded(job_id)
         func_path, future = entry
         if future.running():
             return {"id": job_id, "function": func_path, "status": "started"}
@@ -158,7 +213,8 @@ class RedisQueue(OnceByKey):
     kind = "rq"
     _once_lock = threading.Lock()  # within a process; across processes the job itself checks before it writes
 
-    def __init__(self, url: str, timeout: int, retries: int = 1, heartbeat_timeout: float = 120.0):
+    def __init__(self, url: str, timeout: int, retries: int = 1, heartbeat_timeout: float = 120.0,
+                 max_queued: int = 1000):
         import redis
         from rq import Queue
 
@@ -167,6 +223,7 @@ class RedisQueue(OnceByKey):
         self.timeout = timeout
         self.retries = retries
         self.heartbeat_timeout = heartbeat_timeout
+        self.max_queued = max_queued
 
     def _remember(self, key: str, job_id: str) -> None:
         self.connection.set(f"{QUEUE_NAME}:once:{key}", job_id, ex=self.timeout)
@@ -178,6 +235,10 @@ class RedisQueue(OnceByKey):
     def enqueue(self, func_path: str, *args, **kwargs) -> str:
         from rq import Retry
 
+        waiting = self.queue.count
+        if waiting >= self.max_queued:
+            raise QueueFullError(f"{waiting} jobs are queued on RQ; at most MAX_QUEUED_JOBS={self.max_queued}: try "
+                                 "again when some have run", "queue")
         job = self.queue.enqueue(func_path, args=args, kwargs=kwargs or None, job_timeout=self.timeout,
                                  result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
                                  retry=Retry(max=self.retries) if self.retries > 0 else None)
@@ -247,9 +308,9 @@ def get_queue(settings: Settings | None = None) -> InProcessQueue | RedisQueue:
             settings = settings or get_settings()
             if settings.redis_url:
                 _queue = RedisQueue(settings.redis_url, settings.job_timeout, settings.job_retries,
-                                    settings.job_heartbeat_timeout)
+                                    settings.job_heartbeat_timeout, settings.max_queued_jobs)
             else:
-                _queue = InProcessQueue(folder=Path(settings.model_dir) / "jobs")
+                _queue = InProcessQueue(folder=Path(settings.model_dir) / "jobs", max_queued=settings.max_queued_jobs)
         return _queue
 
 

@@ -114,6 +114,7 @@ class Settings:
     train_epochs: int = 20  # upper bound; early stopping usually ends sooner
     job_timeout: int = 6 * 3600  # seconds an RQ job may run (and a bulk pre-labeling waits for one)
     job_retries: int = 1  # an RQ job whose worker died is run again this many times
+    max_queued_jobs: int = 1000  # jobs waiting at once (per in-process worker, or on RQ); more answer 503
     job_heartbeat_timeout: float = 120.0  # seconds without an RQ worker heartbeat after which its job is abandoned
     basic_auth_user: str = ""  # HTTP basic auth for every route but /health; set both or neither
     basic_auth_pass: str = ""
@@ -150,7 +151,7 @@ class Settings:
                             "leave the server open)")
         for name in ("download_timeout", "max_download_mb", "max_request_mb", "max_prompt_points",
                      "max_image_pixels", "max_image_memory_mb", "max_annotation_kb", "max_project_annotations",
-                     "predict_budget", "max_prompt_phrases", "memory_budget_mb"):
+                     "predict_budget", "max_prompt_phrases", "memory_budget_mb", "max_queued_jobs"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.upper()} must be positive, got {getattr(self, name)}")
         if self.memory_budget_mb < self.max_image_memory_mb:

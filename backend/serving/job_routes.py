@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections import Counter
 
@@ -14,6 +16,7 @@ from backend.core.logs import redact_paths
 from backend.core.settings import get_settings
 from backend.serving.protocol import json_body
 
+MAX_TASKS_PER_JOB = 10_000  # task ids in one /depth request (100k held the only in-process job thread)
 JOB_ID = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")  # ours are 12 hex digits, RQ's are UUIDs
 
 
@@ -35,8 +38,12 @@ def register(app: Flask) -> None:
             raise InputError("'image_key' must be a task data field name (letters, digits, '_', '-')", "/depth")
         [project] = _ids([body["project"]], "/depth project")
         tasks = _ids(body["tasks"], "/depth tasks") if "tasks" in body else None
-        queue = get_queue()
-        jobs = [queue.enqueue("backend.depth.estimate.run_depth_project", project, image_key, force, None, tasks)]
+        if tasks is not None and len(tasks) > MAX_TASKS_PER_JOB:
+            raise InputError(f"{len(tasks)} task ids; at most {MAX_TASKS_PER_JOB} per request", "/depth tasks")
+        queue = get_queue()  # the same request again while its job is active gets that job
+        key = hashlib.sha256(json.dumps([project, image_key, force, tasks]).encode()).hexdigest()[:16]
+        jobs = [queue.enqueue_once(f"depth:{key}", "backend.depth.estimate.run_depth_project", project, image_key,
+                                   force, None, tasks)]
         return jsonify({"jobs": jobs, "queue": queue.kind}), 202
 
     @app.post("/train-generator")
@@ -51,8 +58,9 @@ def register(app: Flask) -> None:
         engine = body.get("engine", get_settings().synthesis_engine)
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}; use one of {list(ENGINES)}", "/train-generator engine")
-        queue = get_queue()
-        jobs = [queue.enqueue("backend.synthesis.lora.train_generator", project, engine)]
+        queue = get_queue()  # one training per project and engine at a time (50 calls queued 50 trainings)
+        jobs = [queue.enqueue_once(f"train-generator:{project}:{engine}", "backend.synthesis.lora.train_generator",
+                                   project, engine)]
         return jsonify({"jobs": jobs, "queue": queue.kind}), 202
 
     @app.get("/jobs/<job_id>")
