@@ -88,7 +88,7 @@ def test_the_export_is_made_once_and_rebuilt_when_damaged_or_stale(tiny_checkpoi
     first.write_bytes(b"not an onnx graph")
     with caplog.at_level(logging.WARNING):
         rebuilt = load_segmenter(config)
-    assert "cannot be loaded" in caplog.text and first.stat().st_size > 1000
+    assert "not the file its checks were made on" in caplog.text and first.stat().st_size > 1000
     image, _ = disk_image(160, 120)
     assert rebuilt.embed(image).features.shape == (1, 256, 64, 64)
     sidecar = first.with_suffix(".json")
@@ -97,6 +97,19 @@ def test_the_export_is_made_once_and_rebuilt_when_damaged_or_stale(tiny_checkpoi
     before = first.stat().st_mtime_ns
     load_segmenter(config)
     assert first.stat().st_mtime_ns != before and json.loads(sidecar.read_text()) == stamp
+
+
+def test_a_replaced_export_is_not_trusted_on_its_old_sidecar(tiny_checkpoints, tmp_path, caplog):
+    """Overwriting MODEL_DIR/onnx/<fp>.onnx with another valid graph (sidecar kept) changed every mask with no
+    word in the log; the sidecar now holds the SHA-256 of the file its checks were made on."""
+    mobile = load_segmenter(settings("vit_t", tiny_checkpoints["vit_t"], tmp_path, "onnx")).encoder.path
+    original = mobile.read_bytes()
+    other = load_segmenter(settings("vit_b", tiny_checkpoints["vit_b"], tmp_path, "onnx")).encoder.path
+    mobile.write_bytes(other.read_bytes())  # a valid ONNX graph, but another model's
+    with caplog.at_level(logging.WARNING):
+        load_segmenter(settings("vit_t", tiny_checkpoints["vit_t"], tmp_path, "onnx"))
+    assert "not the file its checks were made on" in caplog.text
+    assert mobile.read_bytes() == original  # exported again from the checkpoint
 
 
 def test_a_second_runtime_reuses_the_export_and_checks_it_once(tiny_checkpoints, tmp_path, monkeypatch):

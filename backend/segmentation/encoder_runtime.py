@@ -14,6 +14,7 @@ runtime fails with a clear error instead.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -124,6 +125,9 @@ def graph_encoder(encoder: torch.nn.Module, fingerprint: str, folder: Path, runt
     export = _export_stamp(fingerprint, shape)
     stamp = _read_stamp(sidecar)
     checked = stamp.get("checked") if stamp.get("export") == export and path.is_file() else None
+    if checked is not None and stamp.get("sha256") != _digest(path):  # the file changed since it was checked
+        logger.warning("the ONNX export %s is not the file its checks were made on: exporting it again", path.name)
+        checked = None
     runner = None
     if isinstance(checked, dict):
         try:
@@ -139,8 +143,18 @@ def graph_encoder(encoder: torch.nn.Module, fingerprint: str, folder: Path, runt
         _export(encoder, path, shape)
         runner, checked = GraphEncoder(runtime.load(path, torch.get_num_threads()), path, runtime.name), {}
     _check(encoder, runner, shape, runtime)
-    write_atomic(sidecar, json.dumps({"export": export, "checked": {**checked, runtime.name: version}}).encode())
+    write_atomic(sidecar, json.dumps({"export": export, "sha256": _digest(path),
+                                      "checked": {**checked, runtime.name: version}}).encode())
     return runner
+
+
+def _digest(path: Path) -> str:
+    """The SHA-256 of a file (what a check vouches for)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _usable(runtime: str, device: torch.device) -> GraphRuntime:
