@@ -52,9 +52,9 @@ class SamBackend(LabelStudioMLBase):
         except Exception as exc:
             if not is_configuration_problem(exc):  # the server's problem: /health and the log say it
                 reason = str(exc) if isinstance(exc, BackendError) else f"internal error {type(exc).__name__}"
-                note_later(settings, self.project_id, task, CLICK, reason)
+                note_later(settings, self.project_id, task, CLICK, reason, config.image_key)
             raise
-        note_later(settings, self.project_id, task, CLICK, None)
+        note_later(settings, self.project_id, task, CLICK, None, config.image_key)
         return prediction
 
     def fit(self, event: str, data: dict, **kwargs) -> dict:

@@ -37,8 +37,8 @@ def notes(monkeypatch) -> list[tuple]:
 
     written: list[tuple] = []
     monkeypatch.setattr(batch, "optional_client", lambda settings: "client")
-    monkeypatch.setattr(batch, "note_task", lambda client, project, task, feature, error=None, status=None:
-                        written.append((project, task, feature, error)))
+    monkeypatch.setattr(batch, "note_task", lambda client, project, task, feature, error=None, status=None,
+                        only_if=None: written.append((project, task, feature, error)))
     return written
 
 

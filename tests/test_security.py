@@ -608,9 +608,13 @@ def test_no_server_path_in_metrics_job_errors_or_task_notes(configure, tmp_path,
     class Client:
         tasks = Tasks()
 
-    monkeypatch.setattr(ls_client, "read_task", lambda client, project, task: {"id": task, "data": {}})
+    monkeypatch.setattr(ls_client, "read_task", lambda client, project, task: {"id": task, "data": {"image": "a"}})
     ls_client.note_task(Client(), 1, 2, "depth", f"cannot read {tmp_path}/models/x.npy")
-    assert written == [{"backend_error": "depth failed: cannot read MODEL_DIR/x.npy"}]
+    assert written == [{"image": "a", "backend_error": "depth failed: cannot read MODEL_DIR/x.npy"}]
+    # a batch /predict names task ids and brings its own copy of their data: a note goes only on a task that
+    # holds that data (the caller could write its text on any task of the project, 6000 calls for 2000 ids)
+    ls_client.note_task(Client(), 1, 3, "pre-labeling", "caller's text", only_if={"image": "http://else/x.png"})
+    assert len(written) == 1
 
 
 def test_one_memory_budget_across_concurrent_requests(configure):

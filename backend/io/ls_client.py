@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -86,14 +87,30 @@ def has_note(task: object, feature: str = "") -> bool:
                                           if field in data)
 
 
+def _same_source(stored: object, sent: object, task_id: int) -> bool:
+    """Whether a request's copy of a task field is the stored one, or Label Studio's presigned form of it (it
+    resolves cloud storage URIs before sending a task to the backend)."""
+    if stored == sent:
+        return True
+    if not isinstance(stored, str) or not isinstance(sent, str):
+        return False
+    fileuri = base64.urlsafe_b64encode(stored.encode()).decode()
+    return sent.endswith(f"/tasks/{task_id}/presign/?fileuri={fileuri}")
+
+
 def note_task(client, project_id: int, task_id: int, feature: str, error: str | None = None,
-              status: str | None = None) -> None:
+              status: str | None = None, only_if: dict | None = None) -> None:
     """Show `feature`'s ("pre-labeling", "depth", "synthesis") state on a task, merged into its current data:
     `error` in `backend_error` ("<feature> failed: ..."), `status` in `backend_status` ("<feature> queued ...");
-    None clears that feature's note (a note of another feature stays). One read, at most one write; never
-    raises: the reason is in the log and the job result as well."""
+    None clears that feature's note (a note of another feature stays). `only_if`: data fields the stored task
+    must hold (a request's own copy of the task is the caller's word: it may not write on another task). One
+    read, at most one write; never raises: the reason is in the log and the job result as well."""
     try:
         task = read_task(client, project_id, task_id)
+        if only_if and not all(_same_source(task["data"].get(key), value, task_id) for key, value in only_if.items()):
+            logger.warning("task %s of project %s does not hold what the request said: %s not noted", task_id,
+                           project_id, feature)
+            return
         data = task["data"]
         for field, text in ((ERROR_FIELD, error and f"{feature} failed: {redact_paths(error)}"),
                             (STATUS_FIELD, status and f"{feature} {status}")):
@@ -104,12 +121,15 @@ def note_task(client, project_id: int, task_id: int, feature: str, error: str | 
         logger.warning("could not note on task %s how %s went: %s", task_id, feature, exc)
 
 
-def note_later(settings: Settings, project_id: str, task: object, feature: str, error: str | None) -> None:
+def note_later(settings: Settings, project_id: str, task: object, feature: str, error: str | None,
+               image_key: str = "image") -> None:
     """`note_task` in a background thread (the answer does not wait for it), where the API settings are there and
     the project and task ids are valid; nothing to do for a success on a task without `feature`'s note."""
     task_id = task.get("id") if isinstance(task, dict) else None
     if not (settings.label_studio_url and settings.label_studio_api_key and str(project_id).isdigit()
             and isinstance(task_id, int) and (error or has_note(task, feature))):
         return
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    only_if = {image_key: data.get(image_key)}
     threading.Thread(target=note_task, args=(make_client(settings), int(project_id), task_id, feature, error),
-                     name="note-task", daemon=True).start()
+                     kwargs={"only_if": only_if}, name="note-task", daemon=True).start()

@@ -83,7 +83,8 @@ def _predict_one(task: object, task_id: int | None, config: LabelConfig, setting
         logger.warning("pre-labeling task %s failed: %s", task_id, error)
         prediction = {"result": []}
     if client is not None and project is not None and task_id is not None and (error or has_note(task, FEATURE)):
-        note_task(client, project, task_id, FEATURE, error)
+        image = task["data"].get(config.image_key) if isinstance(task.get("data"), dict) else None
+        note_task(client, project, task_id, FEATURE, error, only_if={config.image_key: image})
     return prediction if prediction["result"] else []
 
 
