@@ -673,3 +673,13 @@ def test_a_request_that_fits_once_others_finish_waits_instead_of_failing():
     with pytest.raises(BusyError, match="more than MEMORY_BUDGET_MB"):
         with budget.reserve(101, "too much"):
             pass
+
+
+def test_the_probe_set_gets_no_5xx_and_the_server_stays_responsive():
+    """`./run probe` (bench/probe.py): every hostile probe refused with a clear 4xx or served, none a 5xx."""
+    run = subprocess.run([sys.executable, "bench/probe.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    row = [line for line in run.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()][0]
+    tried, refused, ok, failed, unresponsive = (cell.strip() for cell in row.strip("|").split("|"))
+    assert int(tried) >= 35 and int(failed) == 0 and float(unresponsive) == 0.0, run.stdout
+    assert int(refused) == int(tried) - int(ok) and int(ok) <= 1, run.stdout  # /metrics is the one 2xx
