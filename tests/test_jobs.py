@@ -163,3 +163,36 @@ def test_a_job_whose_process_died_reads_failed_from_any_worker(tmp_path):
     assert json.loads(stopping.records.read(running))["status"] == "failed"  # (its process exits right after)
     assert other_worker.status(waiting)["status"] == "canceled"
     gate.set()
+
+
+def test_a_stopping_gunicorn_worker_does_not_wait_for_its_running_job(tmp_path):
+    """After SIGTERM a worker running a job outlived its master by 13 min; now it ends with it, and the job
+    reads failed."""
+    import signal
+    import time
+
+    import requests
+
+    from tests.helpers import free_port
+    from tests.processes import start_server
+
+    port = free_port()
+    env = {"MODEL_DIR": str(tmp_path / "models"), "REDIS_URL": "", "PRELOAD_MODEL": "false",
+           "SAM_ENGINE": "grabcut"}
+    cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+           "--graceful-timeout", "60", "tests.sleepy_app:app"]
+    master = start_server(cmd, env, tmp_path / "gunicorn.log", f"http://127.0.0.1:{port}/")
+    job, worker = requests.get(f"http://127.0.0.1:{port}/", timeout=10).text.split()  # a second job queued
+    time.sleep(1)  # the first job runs
+    started = time.monotonic()
+    master.send_signal(signal.SIGTERM)
+    master.wait(timeout=60)
+    assert time.monotonic() - started < 20  # not the graceful timeout, nor the job's 10 minutes
+    try:
+        os.kill(int(worker), 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive
+    records = InProcessQueue(folder=tmp_path / "models" / "jobs")
+    assert records.status(job)["status"] in ("failed", "canceled")
