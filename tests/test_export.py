@@ -43,18 +43,24 @@ def test_the_latest_submitted_annotation_wins_and_predictions_only_when_asked():
     assert chosen_labeling(only_prediction, Options(predictions=True)) == ("prediction m", ["p"])
 
 
+def export_cli(monkeypatch, out: Path) -> int:
+    """`python -m backend export --project 1 --format coco --out OUT` against a Label Studio at the discard
+    port (tests replace read_project where they need tasks); its exit status."""
+    from backend.core.settings import get_settings
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "x")
+    get_settings.cache_clear()
+    try:
+        return main(["--project", "1", "--format", "coco", "--out", str(out), "--quiet"])
+    finally:
+        get_settings.cache_clear()
+
+
 def test_an_unknown_format_or_unreachable_label_studio_is_a_clear_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="unknown format 'voc'"):
         export_tasks([], parse_label_config(POLYGON_CONFIG), "voc", tmp_path / "out", Options(), Settings())
-    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "x")
-    from backend.core.settings import get_settings
-
-    get_settings.cache_clear()
-    try:
-        assert main(["--project", "1", "--format", "coco", "--out", str(tmp_path / "out"), "--quiet"]) == 1
-    finally:
-        get_settings.cache_clear()
+    assert export_cli(monkeypatch, tmp_path / "out") == 1  # nothing listens on the discard port
     assert "error: " in capsys.readouterr().out and not (tmp_path / "out").exists()
 
 
@@ -192,18 +198,11 @@ def test_hostile_task_ids_write_nothing_outside_the_export(tmp_path):
 
 
 def test_an_export_where_every_task_failed_exits_non_zero(tmp_path, monkeypatch, capsys):
-    from backend.core.settings import get_settings
     from backend.export import run
 
     broken = {"id": 5, "data": {"image": "data:image/png;base64,bm90IGFuIGltYWdl"},
               "annotations": [{"id": 1, "result": [_brush(disk_image(160, 120)[1])]}]}
     monkeypatch.setattr(run, "read_project", lambda client, project: (parse_label_config(LABEL_CONFIG), [broken]))
-    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "x")
-    get_settings.cache_clear()
-    try:
-        assert main(["--project", "1", "--format", "coco", "--out", str(tmp_path / "out"), "--quiet"]) == 1
-    finally:
-        get_settings.cache_clear()
+    assert export_cli(monkeypatch, tmp_path / "out") == 1
     printed = capsys.readouterr().out
     assert "skipped task 5" in printed and "nothing was exported (every task failed)" in printed

@@ -2,12 +2,11 @@
 // usage: node click_once.mjs <ls-url> <email> <password> <project> <task> <label> <x-frac> <y-frac> <screenshot.png>
 // Prints one JSON line: {"status": HTTP status of Label Studio's interactive call, "answer": its JSON body,
 // "suggestions": number of suggestions on screen afterwards}.
-import { launch, openTask } from './session.mjs';
+import { openTask, reporting } from './session.mjs';
 
 const [url, email, password, project, task, label, xFrac, yFrac, screenshot] = process.argv.slice(2);
-const browser = await launch();
 const report = { status: null, answer: null, suggestions: 0 };
-try {
+await reporting(report, async (browser) => {
   const page = await openTask(browser, { url, email, password, project, task, height: 900 });
   await page.getByText('Auto-Annotation').click();
   await page.locator('.lsf-toolbar__smart [aria-label=key-point-tool]').dispatchEvent('click');
@@ -22,10 +21,4 @@ try {
   const shown = await page.getByText(/\d+ suggestions?/).allInnerTexts();
   report.suggestions = shown.length ? Number(shown[0].match(/\d+/)[0]) : 0;
   await page.screenshot({ path: screenshot });
-} catch (error) {
-  report.error = String(error).split('\n')[0];
-  process.exitCode = 1;
-} finally {
-  console.log(JSON.stringify(report));
-  await browser.close();
-}
+});

@@ -4,13 +4,12 @@
 //   options: {"url": backend URL, "title": name, "user": basic auth user, "pass": ..., "extra": text, "edit": bool}
 // Prints one JSON line: {"status": HTTP status of Label Studio's save, "closed": form closed, "shown": text of the
 // form's error (if any), "card": text of the model card afterwards}.
-import { launch, login } from './session.mjs';
+import { login, reporting } from './session.mjs';
 
 const [url, email, password, project, screenshot, optionsJson] = process.argv.slice(2);
 const options = JSON.parse(optionsJson);
-const browser = await launch();
 const report = { status: null, closed: false, shown: '', card: '' };
-try {
+await reporting(report, async (browser) => {
   const page = await login(browser, { url, email, password });
   await page.goto(`${url}/projects/${project}/settings/ml`);
   if (options.edit) {  // the card's menu, then Edit
@@ -42,7 +41,4 @@ try {
   if (!report.closed) report.shown = (await form.innerText()).replace(/\s+/g, ' ');
   report.card = (await page.locator('main, body').first().innerText()).replace(/\s+/g, ' ');
   await page.screenshot({ path: screenshot });
-} finally {
-  console.log(JSON.stringify(report));
-  await browser.close();
-}
+});

@@ -3,12 +3,11 @@
 // usage: node retrieve_predictions.mjs <ls-url> <email> <password> <project> <screenshot.png>
 // Prints one JSON line: {"action": menu item used, "status": HTTP status of the action, "detail": its message,
 // "seconds": how long it took, "columns": texts of the backend_status / backend_error cells after reloading}.
-import { launch, login } from './session.mjs';
+import { login, reporting } from './session.mjs';
 
 const [url, email, password, project, screenshot] = process.argv.slice(2);
-const browser = await launch();
 const report = { action: null, status: null, detail: null, seconds: null, columns: [] };
-try {
+await reporting(report, async (browser) => {
   const page = await login(browser, { url, email, password, width: 1600, height: 1000 });
   await page.goto(`${url}/projects/${project}/data`);
   await page.locator('input[aria-label="Select all rows"]').click();
@@ -33,10 +32,4 @@ try {
   await page.waitForTimeout(1000);
   report.columns = await page.getByText(/^(pre-labeling|click) (queued|failed)/).allInnerTexts();
   await page.screenshot({ path: screenshot, fullPage: true });
-} catch (error) {
-  report.error = String(error).split('\n')[0];
-  process.exitCode = 1;
-} finally {
-  console.log(JSON.stringify(report));
-  await browser.close();
-}
+});

@@ -45,3 +45,18 @@ export async function acceptAndSubmit(page, screenshot) {
   await page.getByRole('button', { name: 'Submit' }).click();
   return { regions, submitted: (await submitted).ok() };
 }
+
+// Run `work(browser)` in a fresh headless Chromium and print `report` as the last line whatever happens: a
+// failure is written into it as `error` and the process exits non-zero.
+export async function reporting(report, work) {
+  const browser = await launch();
+  try {
+    await work(browser);
+  } catch (error) {
+    report.error = String(error).split('\n')[0];
+    process.exitCode = 1;
+  } finally {
+    console.log(JSON.stringify(report));
+    await browser.close();
+  }
+}
