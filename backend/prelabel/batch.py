@@ -17,7 +17,7 @@ import logging
 import time
 
 from backend.core.errors import BackendError, is_configuration_problem
-from backend.core.jobs import get_queue
+from backend.core.jobs import QueueFullError, get_queue
 from backend.core.label_config import LabelConfig, parse_label_config
 from backend.core.logs import failure_text
 from backend.core.memory_budget import BusyError
@@ -117,11 +117,17 @@ def queue_tasks(project_id: int, task_ids: list[int], label_config: str) -> dict
     jobs: dict[str, str] = {}
     for index, task_id in enumerate(task_ids):
         key = task_job_key(project_id, task_id)
-        if queue.active_job(key):
-            jobs[str(task_id)] = queue.active_job(key) or ""
+        active = queue.active_job(key)
+        if active:
+            jobs[str(task_id)] = active
             continue
         note_task(client, project_id, task_id, FEATURE, status="queued")
         following = task_ids[index + 1] if index + 1 < len(task_ids) else None
-        jobs[str(task_id)] = queue.enqueue_once(key, "backend.prelabel.run.run_prelabel_task", project_id, task_id,
-                                                label_config, following)
+        try:
+            jobs[str(task_id)] = queue.enqueue_once(key, "backend.prelabel.run.run_prelabel_task", project_id,
+                                                    task_id, label_config, following)
+        except QueueFullError as exc:  # the rest waits for the next Retrieve Predictions, unmarked
+            note_task(client, project_id, task_id, FEATURE)
+            logger.warning("project %s: %d tasks not queued: %s", project_id, len(task_ids) - index, exc)
+            return {"project": project_id, "jobs": jobs, "not_queued": task_ids[index:]}
     return {"project": project_id, "jobs": jobs}
