@@ -7,6 +7,7 @@ import logging
 from backend.core.errors import BackendError, InputError, StorageError, is_configuration_problem
 from backend.core.jobs import get_queue
 from backend.core.label_config import parse_label_config
+from backend.core.memory_budget import BusyError
 from backend.core.settings import get_settings
 from backend.core.versions import ModelVersions, model_version, project_model_version
 from backend.io.ls_client import note_later
@@ -50,7 +51,7 @@ class SamBackend(LabelStudioMLBase):
         try:
             prediction = get_segmentation().predict(task, context, config, self.project_id)
         except Exception as exc:
-            if not is_configuration_problem(exc):  # the server's problem: /health and the log say it
+            if not is_configuration_problem(exc) and not isinstance(exc, BusyError):  # the server's, not the task's
                 reason = str(exc) if isinstance(exc, BackendError) else f"internal error {type(exc).__name__}"
                 note_later(settings, self.project_id, task, CLICK, reason, config.image_key)
             raise
