@@ -21,6 +21,10 @@ await reporting(report, async (browser) => {
   }
   const form = page.locator('form[action=addMLBackend], form[action=updateMLBackend]');
   await form.waitFor();
+  if (options.edit) {  // the form fills in the stored values after it opens: wait for them before typing
+    await page.waitForFunction(() => document.querySelector('form input[name=url]')?.value, null, { timeout: 30000 });
+    await page.waitForTimeout(500);
+  }
   if (options.title !== undefined) await form.locator('input[name=title]').fill(options.title);
   if (options.url !== undefined) await form.locator('input[name=url]').fill(options.url);
   if (options.user !== undefined) {
