@@ -41,13 +41,13 @@ _LABEL_STUDIO_PREFIXES = ("/data/", "data/upload", "/upload", "upload/", "/stora
 DECODE_BYTES_PER_PIXEL = {"RGB": 20, "RGBA": 29, "LA": 29, "PA": 29, "La": 29, "RGBa": 29, "L": 14, "P": 14,
                           "1": 14, "I;16": 14, "I;16L": 14, "I;16B": 14, "I;16N": 14, "I": 20, "F": 30}
 DEFAULT_BYTES_PER_PIXEL = 24  # any other mode (CMYK, YCbCr, LAB, ...)
+MIN_IMAGE_PIXELS = 64  # smaller images have nothing to segment (a 1x1 image gave a mask of score 0, no word)
 
 
 def decode_bytes(img: Image.Image) -> int:
     """Estimated peak memory of decoding `img` (opened, not yet loaded) to RGB."""
     mode = "RGBA" if img.mode == "P" and "transparency" in img.info else img.mode
     return img.width * img.height * DECODE_BYTES_PER_PIXEL.get(mode, DEFAULT_BYTES_PER_PIXEL)
-MIN_IMAGE_PIXELS = 64  # smaller images have nothing to segment (a 1x1 image gave a mask of score 0, no word)
 
 
 @dataclass(frozen=True)

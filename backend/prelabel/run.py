@@ -215,20 +215,18 @@ def run_prelabel_task(project_id: int, task_id: int, label_config: str, prefetch
     if not prediction["result"]:
         return {"task": task_id, "status": "empty", "regions": 0}
     fresh = read_task(client, project_id, task_id)  # stored meanwhile (another job, a Retrieve Predictions)?
-    if any(_version_of(p) == prediction["model_version"] and _result_of(p) for p in fresh["predictions"]):
+    if any(_of_version(p, prediction["model_version"]) for p in fresh["predictions"]):
         return {"task": task_id, "status": "done", "regions": len(prediction["result"]), "stored": False}
     call(f"task {task_id}", client.predictions.create, task=task_id, result=prediction["result"],
          score=prediction["score"], model_version=prediction["model_version"])
     return {"task": task_id, "status": "done", "regions": len(prediction["result"])}
 
 
-def _version_of(prediction) -> str | None:
-    return prediction.get("model_version") if isinstance(prediction, dict) else getattr(prediction, "model_version",
-                                                                                         None)
-
-
-def _result_of(prediction) -> list:
-    return (prediction.get("result") if isinstance(prediction, dict) else getattr(prediction, "result", None)) or []
+def _of_version(prediction, model_version: str) -> bool:
+    """Whether a prediction (an SDK record, or a dict in a task listing) is a non-empty one of `model_version`
+    (read field by field: dumping every record of a project would copy all their masks)."""
+    field = prediction.get if isinstance(prediction, dict) else lambda name: getattr(prediction, name, None)
+    return field("model_version") == model_version and bool(field("result"))
 
 
 def _prefetch_task(client, project_id: int, task_id: int, config: LabelConfig, settings: Settings) -> None:
@@ -241,7 +239,7 @@ def _prefetch_task(client, project_id: int, task_id: int, config: LabelConfig, s
 def tasks_to_do(client, project_id: int, model_version: str) -> tuple[list[int], list[int]]:
     """(task ids without a non-empty prediction of `model_version`, ids that have one)."""
     done = {p.task for p in call(f"project {project_id}", client.predictions.list, project=project_id)
-            if _version_of(p) == model_version and _result_of(p)}
+            if _of_version(p, model_version)}
     todo = [t["id"] for t in read_tasks(client, project_id) if t["id"] not in done]
     return todo, sorted(done)
 
